@@ -1,0 +1,1 @@
+"""Data sources: each one is a :class:`data_mixers.base.StepSampler`."""

@@ -1,0 +1,133 @@
+"""Tokens/s of the Lightning training loop against a plain PyTorch loop, side by side.
+
+Both loops train the same model (same init) on the same batches with the same optimizer, schedule
+and gradient clipping; they alternate in rounds so machine noise hits both alike. The Lightning
+loop runs as ``elab-train`` does (logging every ``log_every_n_steps``), without checkpoints and
+progress bar.
+
+    python scripts/bench_train.py                       # the default model and data
+    python scripts/bench_train.py model=gpt_small --steps 200 --rounds 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import time
+import warnings
+
+os.environ.setdefault("WANDB_MODE", "disabled")
+
+
+def build(overrides: list[str]):
+    from hydra import compose, initialize_config_dir
+    from hydra.utils import instantiate
+
+    from trainer.train import CONF_DIR
+
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        cfg = compose("train", overrides=["paths.output_dir=unused", *overrides])
+    curriculum = instantiate(cfg.curriculum) if cfg.curriculum else None
+    sampler = instantiate(cfg.data, curriculum=curriculum, _convert_="all")
+    sampler.prepare()
+    return cfg, sampler
+
+
+def make_model(cfg, sampler):
+    import torch
+    from hydra.utils import instantiate
+
+    torch.manual_seed(cfg.seed)
+    return instantiate(cfg.model, vocab_size=sampler.vocab_size, max_seq_len=sampler.seq_len,
+                       item_dim=sampler.item_dim, _convert_="all")
+
+
+def loader(batches):
+    """Both loops read the prepared batches through the same kind of DataLoader."""
+    from torch.utils.data import DataLoader
+
+    return DataLoader(batches, batch_size=None, shuffle=False)
+
+
+def plain_loop(cfg, sampler, batches, steps: int) -> float:
+    import torch
+
+    from trainer.module import LitLM, masked_cross_entropy
+
+    model = make_model(cfg, sampler)
+    lit = LitLM(model, total_steps=steps, tokens_per_step=1, lr=cfg.optim.lr,
+                weight_decay=cfg.optim.weight_decay, warmup_steps=cfg.optim.warmup_steps,
+                min_lr_ratio=cfg.optim.min_lr_ratio)
+    opt_cfg = lit.configure_optimizers()
+    optimizer, schedule = opt_cfg["optimizer"], opt_cfg["lr_scheduler"]["scheduler"]
+    model.train()
+    t0 = None
+    for i, batch in enumerate(loader(batches)):
+        if i == 1:
+            t0 = time.perf_counter()  # the first step (allocation, warm-up) is excluded, as in Lightning's
+        logits = model(batch["input_ids"], batch.get("item_vectors"), batch.get("item_mask"))
+        loss = masked_cross_entropy(logits, batch["targets"], batch["loss_mask"])
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
+        optimizer.step()
+        schedule.step()
+        if i % cfg.log_every_n_steps == 0:
+            loss.item()  # Lightning's logging syncs the loss to the host at this rate
+    return time.perf_counter() - t0
+
+
+def lightning_loop(cfg, sampler, batches, steps: int) -> float:
+    import lightning as L
+
+    from trainer.callbacks import Throughput
+    from trainer.module import LitLM
+
+    model = make_model(cfg, sampler)
+    lit = LitLM(model, total_steps=steps, tokens_per_step=1, lr=cfg.optim.lr,
+                weight_decay=cfg.optim.weight_decay, warmup_steps=cfg.optim.warmup_steps,
+                min_lr_ratio=cfg.optim.min_lr_ratio)
+    clock = Throughput(tokens_per_step=1, log_every_n_steps=10**9)
+    trainer = L.Trainer(accelerator="cpu", devices=1, max_steps=steps, logger=False,
+                        enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False, gradient_clip_val=cfg.optim.grad_clip,
+                        log_every_n_steps=cfg.log_every_n_steps, callbacks=[clock])
+    trainer.fit(lit, train_dataloaders=loader(batches))
+    return (steps - 1) / clock.tokens_per_s  # seconds for the steps after the first
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("overrides", nargs="*", help="Hydra overrides, as for elab-train")
+    parser.add_argument("--steps", type=int, default=300)
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+    warnings.filterwarnings("ignore")
+    import logging
+
+    import torch
+
+    from trainer.data import to_tensors
+
+    logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
+    cfg, sampler = build(args.overrides)
+    torch.set_num_threads(cfg.threads or torch.get_num_threads())
+    batches = [to_tensors(sampler.batch(s, cfg.batch.global_size)) for s in range(args.steps)]
+    tokens = (args.steps - 1) * cfg.batch.global_size * sampler.seq_len
+    model = make_model(cfg, sampler)
+    print(f"model={type(model).__name__} params={model.num_params():,} data={type(sampler).__name__} "
+          f"batch={cfg.batch.global_size}x{sampler.seq_len} steps={args.steps} threads={torch.get_num_threads()}")
+    plain, lit = [], []
+    for r in range(args.rounds):
+        plain.append(tokens / plain_loop(cfg, sampler, batches, args.steps))
+        lit.append(tokens / lightning_loop(cfg, sampler, batches, args.steps))
+        print(f"round {r}: plain {plain[-1]:,.0f} tok/s   lightning {lit[-1]:,.0f} tok/s   "
+              f"ratio {lit[-1] / plain[-1]:.3f}")
+    ratio = statistics.median(lit) / statistics.median(plain)
+    print(f"median: plain {statistics.median(plain):,.0f} tok/s, lightning {statistics.median(lit):,.0f} tok/s, "
+          f"lightning/plain = {ratio:.3f} (target >= 0.9)")
+
+
+if __name__ == "__main__":
+    main()

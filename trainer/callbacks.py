@@ -1,0 +1,93 @@
+"""Callbacks of the backbone: throughput, and the run files of DESIGN.md's contract."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+
+from trainer import run_info
+
+
+class Throughput(L.Callback):
+    """Tokens per second of the training loop, from the first finished step on (start-up, compile
+    and the first batch are excluded), logged as ``train/tokens_per_s``."""
+
+    def __init__(self, tokens_per_step: int, log_every_n_steps: int = 50) -> None:
+        self.tokens_per_step, self.log_every_n_steps = tokens_per_step, log_every_n_steps
+        self.t0: float | None = None
+        self.step0 = 0
+        self.tokens_per_s: float | None = None
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        now = time.perf_counter()
+        if self.t0 is None:
+            self.t0, self.step0 = now, trainer.global_step
+            return
+        steps = trainer.global_step - self.step0
+        if steps > 0:
+            self.tokens_per_s = steps * self.tokens_per_step / (now - self.t0)
+            if trainer.global_step % self.log_every_n_steps == 0:
+                pl_module.log("train/tokens_per_s", self.tokens_per_s)
+
+
+class RunSummary(L.Callback):
+    """Writes ``summary.json`` (and creates ``events.jsonl``) on rank 0 at the end of fit or on an
+    exception, inside the training process, so it is right under every strategy (spawned DDP
+    workers included)."""
+
+    def __init__(self, run_dir: str, static: dict[str, Any]) -> None:
+        self.run_dir = Path(run_dir)
+        self.static = static
+        self.t_start = time.time()
+        self.events: list[dict[str, Any]] = []
+
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        if trainer.is_global_zero:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            (self.run_dir / "events.jsonl").touch()
+
+    def add_events(self, events: list[dict[str, Any]]) -> None:
+        """Jump events from the detector; appended to events.jsonl as they are confirmed."""
+        self.events.extend(events)
+        with (self.run_dir / "events.jsonl").open("a") as f:
+            for event in events:
+                f.write(json.dumps(event) + "\n")
+
+    def write(self, trainer, status: str, error: str | None = None) -> dict[str, Any]:
+        throughput = next((c for c in trainer.callbacks if isinstance(c, Throughput)), None)
+        metrics = {k: _to_float(v) for k, v in sorted(trainer.callback_metrics.items())}
+        tokens_per_step = self.static["tokens_per_step"]
+        summary = {
+            "status": status,
+            "error": error,
+            "run_dir": str(self.run_dir.resolve()),
+            **{k: v for k, v in self.static.items() if k not in ("tokens_per_step",)},
+            "metrics": metrics,
+            "steps": trainer.global_step,
+            "tokens_per_step": tokens_per_step,
+            "tokens_seen": trainer.global_step * tokens_per_step,
+            "tokens_per_s": throughput.tokens_per_s if throughput else None,
+            "wall_time_s": round(time.time() - self.t_start, 3),
+            "jumps": self.events,
+            **run_info.environment(),
+        }
+        run_info.write_json(self.run_dir / "summary.json", summary)
+        return summary
+
+    def on_fit_end(self, trainer, pl_module) -> None:
+        if trainer.is_global_zero:
+            self.write(trainer, "interrupted" if trainer.interrupted else "completed")
+
+    def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
+        if trainer.is_global_zero:
+            status = "interrupted" if isinstance(exception, KeyboardInterrupt) else "failed"
+            self.write(trainer, status, f"{type(exception).__name__}: {exception}")
+
+
+def _to_float(value: Any) -> float:
+    return float(value.item()) if isinstance(value, torch.Tensor) else float(value)

@@ -1,0 +1,273 @@
+"""The training entry point: ``elab-train`` or ``python -m trainer.train`` (Hydra overrides).
+
+``train(cfg)`` builds everything from the composed config -- data, model, callbacks, loggers, the
+Lightning Trainer -- after validating it, fits, and returns the run summary (also written to
+``summary.json``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import warnings
+from pathlib import Path
+from typing import Any
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+from trainer.config import ConfigError, resolve_checkpoint, steps_from_budget, to_plain, validate
+
+log = logging.getLogger("emergence_lab")
+CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
+
+
+def _hydra_context() -> dict[str, Any]:
+    """Overrides, sweep group and job name when running under Hydra; empty under the compose API."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if not HydraConfig.initialized():
+        return {"overrides": [], "group": None, "job_name": None}
+    hc = HydraConfig.get()
+    overrides = list(hc.overrides.task)
+    multirun = hc.mode == RunMode.MULTIRUN
+    return {
+        "overrides": overrides,
+        "group": Path(hc.sweep.dir).name if multirun else None,
+        "job_name": ",".join(o for o in overrides if not o.startswith("hydra")) or "default",
+    }
+
+
+def _build_loggers(cfg: DictConfig, run_dir: Path, resume_step: int | None, context: dict) -> list:
+    from hydra.utils import get_method, instantiate
+
+    loggers = []
+    for name, node in (cfg.get("logger") or {}).items():
+        if node is None or "_target_" not in node:
+            continue
+        target = node._target_
+        if target.endswith("ResumableCSVLogger"):
+            loggers.append(instantiate(node, keep_before_step=resume_step))
+        elif target.endswith("make_wandb_logger"):
+            # Called directly: instantiate would try to build the _target_s inside the run config.
+            kwargs = {k: v for k, v in to_plain(node).items() if k != "_target_"}
+            kwargs["group"] = kwargs.get("group") or context["group"]
+            kwargs["name"] = kwargs.get("name") or context["job_name"]
+            loggers.append(get_method(target)(**kwargs, run_config=to_plain(cfg)))
+        else:
+            loggers.append(instantiate(node))
+        log.debug("logger %s: %s", name, target)
+    return loggers
+
+
+def _build(node: DictConfig, **kwargs: Any) -> Any:
+    """``instantiate`` that surfaces a component's own validation error (which names the config
+    key) instead of Hydra's wrapper around its repr."""
+    from hydra.errors import InstantiationException
+    from hydra.utils import instantiate
+
+    try:
+        return instantiate(node, **kwargs, _convert_="all")
+    except InstantiationException as exc:
+        if isinstance(exc.__cause__, (ValueError, TypeError)):
+            raise exc.__cause__ from None
+        raise
+
+
+def _precision(cfg: DictConfig) -> str:
+    import torch
+
+    if cfg.pl.get("precision", "auto") != "auto":
+        return cfg.pl.precision
+    return (
+        "bf16-mixed" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "32-true"
+    )
+
+
+def train(cfg: DictConfig, callbacks: list | None = None) -> dict[str, Any]:
+    """Run one training job from a composed config; ``callbacks`` are added to the configured ones."""
+    validate(cfg)
+    run_dir = Path(cfg.paths.output_dir)
+    ckpt = resolve_checkpoint(cfg.ckpt_path, run_dir)
+
+    import lightning as L
+    import torch
+    from hydra.utils import instantiate
+
+    from trainer.callbacks import RunSummary, Throughput
+    from trainer.data import StepDataModule
+    from trainer.module import LitLM
+
+    _route_lightning_logs()
+    warnings.filterwarnings("ignore", message=".*isinstance\\(treespec, LeafSpec\\)")
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+
+    curriculum = _build(cfg.curriculum) if cfg.get("curriculum") else None
+    sampler = _build(cfg.data, curriculum=curriculum)
+    tokens_per_step = cfg.batch.global_size * sampler.seq_len
+    total_steps = steps_from_budget(cfg.budget.tokens, cfg.batch.global_size, sampler.seq_len)
+    model = _build(
+        cfg.model,
+        vocab_size=sampler.vocab_size,
+        max_seq_len=sampler.seq_len,
+        item_dim=sampler.item_dim,
+    )
+    optim = cfg.optim
+    module = LitLM(
+        model,
+        total_steps=total_steps,
+        tokens_per_step=tokens_per_step,
+        lr=optim.lr,
+        weight_decay=optim.weight_decay,
+        betas=tuple(optim.betas),
+        warmup_steps=optim.warmup_steps,
+        min_lr_ratio=optim.min_lr_ratio,
+        compile=cfg.compile,
+    )
+    datamodule = StepDataModule(sampler, cfg.batch.global_size, total_steps, cfg.num_workers)
+
+    resume_step = None
+    if ckpt is not None:
+        try:
+            resume_step = int(
+                torch.load(ckpt, map_location="cpu", weights_only=False)["global_step"]
+            )
+        except Exception as exc:  # a truncated or foreign file: say which, before training
+            raise ConfigError(f"ckpt_path={cfg.ckpt_path!r}: cannot read {ckpt}: {exc}") from exc
+
+    context = _hydra_context()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    hydra_dir = run_dir / ".hydra"
+    if not (hydra_dir / "config.yaml").exists():  # the compose API (tests, notebooks) writes none
+        hydra_dir.mkdir(exist_ok=True)
+        OmegaConf.save(cfg, hydra_dir / "config.yaml")
+    summary_cb = RunSummary(
+        str(run_dir),
+        static={
+            "overrides": context["overrides"],
+            "tokens_per_step": tokens_per_step,
+            "budget_tokens": cfg.budget.tokens,
+            "total_steps": total_steps,
+            "n_params": model.num_params(),
+            "flops_per_token": model.flops_per_token(sampler.seq_len),
+            "data": sampler.describe(),
+            "resumed_from_step": resume_step,
+            "config": to_plain(cfg),
+        },
+    )
+    all_callbacks = [
+        instantiate(node)
+        for node in (cfg.get("callbacks") or {}).values()
+        if node is not None and "_target_" in node
+    ]
+    if cfg.get("progress") and "_target_" in cfg.progress:
+        all_callbacks.append(instantiate(cfg.progress))
+    all_callbacks += [Throughput(tokens_per_step, cfg.log_every_n_steps), summary_cb]
+    all_callbacks += list(callbacks or [])
+    loggers = _build_loggers(cfg, run_dir, resume_step, context)
+
+    pl_kwargs = {k: v for k, v in to_plain(cfg.pl).items() if k not in ("precision",)}
+    pl_trainer = instantiate(
+        pl_kwargs,
+        precision=_precision(cfg),
+        max_steps=total_steps,
+        max_epochs=-1,
+        callbacks=all_callbacks,
+        logger=loggers or False,
+        log_every_n_steps=cfg.log_every_n_steps,
+        gradient_clip_val=cfg.optim.grad_clip,
+        enable_progress_bar=bool(cfg.get("progress")),
+        default_root_dir=str(run_dir),
+        num_sanity_val_steps=0,
+    )
+    if pl_trainer.is_global_zero:
+        log.info("run dir: %s", run_dir.resolve())
+        log.info(
+            "model: %s, %.3fM parameters; %d steps of %d tokens (budget.tokens=%d)",
+            type(model).__name__,
+            model.num_params() / 1e6,
+            total_steps,
+            tokens_per_step,
+            cfg.budget.tokens,
+        )
+    try:
+        pl_trainer.fit(module, datamodule=datamodule, ckpt_path=str(ckpt) if ckpt else None)
+    finally:
+        _finish_wandb(failed=pl_trainer.state.status.value != "finished")
+    if not pl_trainer.is_global_zero:
+        return {}
+    # Written by rank 0 inside the training process (see RunSummary): right under spawn strategies too.
+    summary = json.loads((run_dir / "summary.json").read_text())
+    if summary["status"] == "completed":
+        log.info(
+            "done: %d steps, %s tokens/s; run dir: %s",
+            pl_trainer.global_step,
+            f"{summary['tokens_per_s']:.0f}" if summary.get("tokens_per_s") else "n/a",
+            run_dir.resolve(),
+        )
+    return summary
+
+
+def _route_lightning_logs() -> None:
+    """Lightning adds its own console handler when it is imported before logging is set up; under
+    Hydra (which logs to the console and train.log) that prints every message twice."""
+    if logging.getLogger().handlers:
+        for name in ("lightning.pytorch", "lightning.fabric", "lightning"):
+            lightning_logger = logging.getLogger(name)
+            lightning_logger.handlers.clear()
+            lightning_logger.propagate = True
+
+
+def _finish_wandb(failed: bool) -> None:
+    """Close the wandb run whatever happened, so the next job of a multirun starts clean."""
+    import sys
+
+    if "wandb" in sys.modules and sys.modules["wandb"].run is not None:
+        sys.modules["wandb"].finish(exit_code=1 if failed else 0)
+
+
+def _record_failure(run_dir: Path, exc: Exception) -> None:
+    """A job that failed before training still leaves a summary, so a sweep's table lists it;
+    a summary already there (a finished run, or one written by the training process) is kept."""
+    from trainer.run_info import write_json
+
+    path = run_dir / "summary.json"
+    if run_dir.is_dir() and not path.exists():
+        write_json(
+            path,
+            {
+                "status": "failed",
+                "error": f"{type(exc).__name__}: {exc}",
+                "run_dir": str(run_dir.resolve()),
+                "overrides": _hydra_context()["overrides"],
+                "metrics": {},
+                "jumps": [],
+            },
+        )
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="train")
+def main(cfg: DictConfig) -> float | None:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    try:
+        summary = train(cfg)
+    except Exception as exc:
+        _record_failure(Path(cfg.paths.output_dir), exc)
+        raise
+    metric = cfg.get("optimized_metric")
+    if metric:
+        if metric not in summary.get("metrics", {}):
+            raise ConfigError(
+                f"optimized_metric={metric!r} was not logged; logged: "
+                f"{sorted(summary.get('metrics', {}))}"
+            )
+        return summary["metrics"][metric]
+    return None
+
+
+if __name__ == "__main__":
+    main()
