@@ -1,0 +1,155 @@
+"""The jump detector on synthetic curves: silent on noise and smooth rises, quick on real jumps."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from trainer.jumps import JumpDetector, JumpEvent, lead_lag
+
+EVAL_EVERY = 100
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _feed(values, n_eval=None, detector=None, series="probe/acc"):
+    detector = detector or JumpDetector()
+    for index, value in enumerate(values):
+        detector.update(series, index * EVAL_EVERY, value, n_eval)
+    return detector
+
+
+def _accuracy(p, n, seed):
+    return np.random.default_rng(seed).binomial(n, p) / n
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_no_event_on_noise_smooth_rises_and_binomial_accuracy(seed):
+    rng = np.random.default_rng(seed)
+    t = np.linspace(0, 1, 60)
+    curves = {
+        "constant": (0.5 + rng.normal(0, 0.02, 60), None),
+        "linear": (0.1 + 0.5 * t + rng.normal(0, 0.01, 60), None),
+        "log": (0.1 + 0.5 * np.log1p(60 * t) / np.log1p(60) + rng.normal(0, 0.01, 60), None),
+        "accuracy": (_accuracy(0.3 + 0.1 * t, 256, seed), 256),
+    }
+    for name, (values, n_eval) in curves.items():
+        assert _feed(values, n_eval).events == [], name
+
+
+def test_single_outlier_is_not_a_jump():
+    values = 0.4 + np.random.default_rng(0).normal(0, 0.01, 40)
+    values[25] = 0.9
+    assert _feed(values).events == []
+
+
+@pytest.mark.parametrize("size", [0.2, 0.4, -0.3])
+def test_sharp_jumps_are_detected_with_onset_and_size(size):
+    at = 30
+    p = np.where(np.arange(60) >= at, 0.5 + size, 0.5) - 0.2 * (size > 0)
+    events = _feed(_accuracy(p, 512, seed=1), n_eval=512).events
+    assert len(events) == 1
+    event = events[0]
+    assert event.onset_step == at * EVAL_EVERY
+    assert at * EVAL_EVERY < event.step <= (at + 4) * EVAL_EVERY
+    assert event.size == pytest.approx(size, abs=0.06)
+    assert np.sign(event.score) == np.sign(size)
+    assert event.after - event.before == pytest.approx(event.size)
+
+
+def test_jump_on_a_rising_trend_and_a_drop_of_a_topology_series():
+    rng = np.random.default_rng(3)
+    t = np.arange(50)
+    rising = 0.2 + 0.005 * t + np.where(t >= 25, 0.15, 0.0) + rng.normal(0, 0.01, 50)
+    falling = 12.0 + rng.normal(0, 0.1, 50) - np.where(t >= 20, 3.0, 0.0)
+    detector = _feed(rising)
+    _feed(falling, detector=detector, series="topo/erank")
+    by_series = {event.series: event for event in detector.events}
+    assert by_series["probe/acc"].onset_step == 2500
+    assert by_series["probe/acc"].size == pytest.approx(0.15, abs=0.03)
+    assert by_series["topo/erank"].onset_step == 2000
+    assert by_series["topo/erank"].size == pytest.approx(-3.0, abs=0.2)
+
+
+def test_binomial_floor_keeps_a_few_right_answers_at_zero_accuracy_from_being_a_jump():
+    values = np.r_[np.zeros(20), np.full(10, 3 / 256)]
+    assert _feed(values, n_eval=256).events == []
+    assert len(_feed(values).events) == 1  # without n_eval, nothing says this is noise
+
+
+def test_no_event_before_minimal_history():
+    values = np.r_[np.full(4, 0.1), np.full(10, 0.9)]
+    assert _feed(values, detector=JumpDetector(min_history=8)).events == []
+
+
+def test_invalid_updates_raise():
+    detector = JumpDetector()
+    detector.update("s", 100, 0.5)
+    with pytest.raises(ValueError, match="not after"):
+        detector.update("s", 100, 0.5)
+    with pytest.raises(ValueError, match="non-finite"):
+        detector.update("s", 200, float("nan"))
+
+
+def test_state_dict_replay_gives_the_same_events():
+    values = np.r_[np.full(15, 0.2), np.full(10, 0.6)] + np.random.default_rng(0).normal(
+        0, 0.01, 25
+    )
+    detector = _feed(values)
+    _feed(values[::-1], detector=detector, series="topo/twonn")
+    restored = JumpDetector()
+    restored.load_state_dict(detector.state_dict())
+    assert restored.events == sorted(detector.events, key=lambda event: event.step)
+    assert len(restored.events) == 2
+
+
+def _event(series, onset_step):
+    return JumpEvent(series, onset_step + 200, onset_step, 0.3, 8.0, 0.1, 0.4)
+
+
+def test_lead_lag_orders_topology_jumps_around_each_capability_jump():
+    events = [
+        _event("topo/layer1/twonn", 2000),
+        _event("probe/induction/acc", 3000),
+        _event("topo/layer0/erank", 3000),
+        _event("topo/layer1/h0_total", 4000),
+        _event("data/domain_entropy", 1000),
+    ]
+    (report,) = lead_lag(events)
+    assert report["series"] == "probe/induction/acc"
+    assert report["before"] == [
+        {"series": "topo/layer1/twonn", "onset_step": 2000, "lead_steps": 1000}
+    ]
+    assert [item["series"] for item in report["same"]] == ["topo/layer0/erank"]
+    assert report["after"][0]["lead_steps"] == -1000
+    assert lead_lag(events, max_lag=500)[0]["before"] == []
+
+
+def test_detector_on_a_real_sequence_feeds_lead_lag():
+    rng = np.random.default_rng(0)
+    detector = JumpDetector()
+    topo = 5.0 + rng.normal(0, 0.05, 50) + np.where(np.arange(50) >= 20, 1.0, 0.0)
+    probe = _accuracy(np.where(np.arange(50) >= 26, 0.6, 0.1), 512, seed=2)
+    for index in range(50):
+        detector.update("topo/layer0/twonn", index * EVAL_EVERY, topo[index])
+        detector.update("probe/copy/acc", index * EVAL_EVERY, probe[index], n_eval=512)
+    (report,) = lead_lag(detector.events)
+    assert report["before"][0]["lead_steps"] == 600
+    assert detector.events[0].to_dict()["series"] == "topo/layer0/twonn"
+
+
+def test_eval_script_prints_its_table():
+    script = REPO / "scripts" / "eval_jump_detector.py"
+    result = subprocess.run(
+        [sys.executable, str(script), "--curves", "3", "--evals", "40"],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=REPO,
+        timeout=60,
+    )
+    assert "jump +0.20, accuracy n=256" in result.stdout
+    assert "false alarms" in result.stdout
