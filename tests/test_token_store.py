@@ -1,0 +1,137 @@
+"""Token store and tokenizers: built once, reused, rebuilt when changed or damaged, never half-made."""
+
+import json
+
+import numpy as np
+import pytest
+
+from data_mixers.base import DataConfigError
+from data_mixers.sources.world import WorldSource
+from data_mixers.token_store import open_or_build
+from data_mixers.tokenizer import ByteTokenizer, build_tokenizer, token_index_at
+
+SMALL = dict(n_domains=2, entities_per_domain=8, seed=0)
+
+
+class Counting:
+    """Wraps a source and counts how often its documents are read (= tokenized)."""
+
+    def __init__(self, source, fail_after=None):
+        self.source, self.reads, self.fail_after = source, 0, fail_after
+        self.kind = source.kind
+
+    def __getattr__(self, name):
+        return getattr(self.source, name)
+
+    def documents(self):
+        self.reads += 1
+        for i, doc in enumerate(self.source.documents()):
+            if self.fail_after is not None and i == self.fail_after:
+                raise RuntimeError("interrupted build")
+            yield doc
+
+
+def test_store_round_trips_documents_and_fact_spans(tmp_path):
+    world = WorldSource(**SMALL)
+    store = open_or_build(world, ByteTokenizer(), tmp_path)
+    docs = list(world.documents())
+    assert store.n_documents == len(docs) and store.domain_names == world.domain_names()
+    tok = ByteTokenizer()
+    for i in (0, 7, len(docs) - 1):
+        text = tok.decode(store.tokens[store.doc_offsets[i]:store.doc_offsets[i + 1]])
+        assert text == docs[i].text
+        assert store.domain_names[store.doc_domain[i]] == docs[i].domain
+        assert store.doc_bridge[i] == docs[i].bridge
+        spans = store.fact_spans[store.fact_offsets[i]:store.fact_offsets[i + 1]]
+        for (start, end), (_, c0, c1) in zip(spans, docs[i].facts):
+            begin = store.doc_offsets[i]
+            assert tok.decode(store.tokens[begin + start:begin + end]) == docs[i].text[c0:c1]
+
+
+def test_second_open_reuses_the_store_without_tokenizing(tmp_path):
+    source = Counting(WorldSource(**SMALL))
+    first = open_or_build(source, ByteTokenizer(), tmp_path)
+    second = open_or_build(source, ByteTokenizer(), tmp_path)
+    assert source.reads == 1
+    assert second.path == first.path
+    assert second.manifest["built_at"] == first.manifest["built_at"]
+
+
+def test_changed_config_builds_a_new_store(tmp_path):
+    a = open_or_build(WorldSource(**SMALL), ByteTokenizer(), tmp_path)
+    b = open_or_build(WorldSource(**{**SMALL, "bridge_density": 0.5}), ByteTokenizer(), tmp_path)
+    assert a.path != b.path and a.path.exists()
+
+
+@pytest.mark.parametrize("damage", ["truncate_tokens", "flip_byte", "garbage_manifest",
+                                    "delete_offsets"])
+def test_damaged_store_is_detected_and_rebuilt(tmp_path, damage):
+    source = Counting(WorldSource(**SMALL))
+    original = np.array(open_or_build(source, ByteTokenizer(), tmp_path).tokens)
+    path = next((tmp_path / "token_store").iterdir())
+    if damage == "truncate_tokens":
+        with open(path / "tokens.bin", "r+b") as f:
+            f.truncate(100)
+    elif damage == "flip_byte":
+        data = bytearray((path / "tokens.bin").read_bytes())
+        data[10] ^= 0xFF
+        (path / "tokens.bin").write_bytes(bytes(data))
+    elif damage == "garbage_manifest":
+        (path / "manifest.json").write_text("{not json")
+    else:
+        (path / "doc_offsets.npy").unlink()
+    rebuilt = open_or_build(source, ByteTokenizer(), tmp_path)
+    assert source.reads == 2
+    np.testing.assert_array_equal(np.array(rebuilt.tokens), original)
+
+
+def test_interrupted_build_leaves_nothing_behind(tmp_path):
+    broken = Counting(WorldSource(**SMALL), fail_after=5)
+    with pytest.raises(RuntimeError, match="interrupted"):
+        open_or_build(broken, ByteTokenizer(), tmp_path)
+    assert list((tmp_path / "token_store").iterdir()) == []
+    store = open_or_build(WorldSource(**SMALL), ByteTokenizer(), tmp_path)
+    assert json.loads((store.path / "manifest.json").read_text())["n_documents"] > 0
+
+
+def test_bpe_is_trained_once_cached_and_locates_the_answer_token(tmp_path):
+    source = Counting(WorldSource(**SMALL))
+    tok = build_tokenizer("bpe", 512, sources=[source], cache_dir=tmp_path)
+    again = build_tokenizer("bpe", 512, sources=[source], cache_dir=tmp_path)
+    assert source.reads == 1
+    assert again.config() == tok.config()
+    q = source.probe_questions()["world_facts"][0]
+    ids, starts = tok.encode_with_offsets([q.text])[0]
+    first = token_index_at(starts, q.answer_start)
+    assert tok.decode(ids[first:]).strip() == q.text[q.answer_start:]
+    assert q.text[q.answer_start:].startswith(tok.decode(ids[first:first + 1]).strip())
+    assert tok.decode(ids[:first]).strip() == q.text[:q.answer_start].strip()
+    store = open_or_build(source, tok, tmp_path)
+    assert store.tokens.max() < tok.vocab_size
+    assert len(store.tokens) < 0.6 * sum(len(d.text) for d in source.documents())
+
+
+def test_corrupt_bpe_cache_is_retrained(tmp_path):
+    source = Counting(WorldSource(**SMALL))
+    build_tokenizer("bpe", 512, sources=[source], cache_dir=tmp_path)
+    cached = next((tmp_path / "tokenizers").iterdir())
+    cached.write_text(cached.read_text()[:100])
+    build_tokenizer("bpe", 512, sources=[source], cache_dir=tmp_path)
+    assert source.reads == 2
+
+
+@pytest.mark.parametrize("kind, vocab, key", [("bpe", 100, "data.tokenizer.vocab_size"),
+                                              ("wordpiece", None, "data.tokenizer.kind"),
+                                              ("byte", 1000, "data.tokenizer.vocab_size")])
+def test_bad_tokenizer_settings_name_their_key(tmp_path, kind, vocab, key):
+    with pytest.raises(DataConfigError, match=key):
+        build_tokenizer(kind, vocab, sources=[], cache_dir=tmp_path)
+
+
+def test_answer_token_is_found_behind_multibyte_characters():
+    text = "Q: Où vit Zoë? A: Ålesund"
+    answer_start = text.index("Å")
+    ids, starts = ByteTokenizer().encode_with_offsets([text])[0]
+    first = token_index_at(starts, answer_start)
+    assert ByteTokenizer().decode(ids[first:]) == "Ålesund"
+    assert ByteTokenizer().decode(ids[:first]) == text[:answer_start]
