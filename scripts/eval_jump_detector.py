@@ -29,6 +29,9 @@ EVAL_EVERY = 100
 class Family:
     name: str
     make: Callable[[np.random.Generator, int], tuple[np.ndarray, int | None, int | None, int]]
+    # How far (evals) an event's onset may lie from the true change and still count as found:
+    # a sigmoid rise has no single onset, so its window spans the rise.
+    tolerance: int = 2
 
 
 def _binomial(rng: np.random.Generator, p: np.ndarray, n: int) -> np.ndarray:
@@ -79,6 +82,23 @@ def jump(size: float, n: int | None = 256):
     return make
 
 
+def emergence(width: float | None, n: int = 512):
+    """What the embedded default logs: accuracy 0 at step 0 (the answer format is not learned
+    yet), chance within an eval, then -- with ``width`` -- a sigmoid rise of +0.6 over about
+    4 x width evals (None: no rise)."""
+
+    def make(rng, evals):
+        t = np.arange(evals)
+        at = int(rng.integers(12, evals - 12)) if width else None
+        p = 0.25 + rng.uniform(0.0, 0.05) * t / evals
+        if width:
+            p = p + 0.6 / (1 + np.exp(-(t - at) / width))
+        p[0] = 0.0
+        return _binomial(rng, p, n), n, at, 1 if width else 0
+
+    return make
+
+
 FAMILIES = [
     Family("no jump: constant + noise", constant),
     Family("no jump: linear rise", linear_rise),
@@ -87,11 +107,14 @@ FAMILIES = [
     Family("no jump: accuracy n=256", accuracy(256, 0.05, 0.8)),
     Family("no jump: accuracy n=512", accuracy(512, 0.05, 0.8)),
     Family("no jump: accuracy ~0, n=256", accuracy(256, 0.0, 0.01)),
+    Family("no jump: step-0 transient, n=512", emergence(None)),
     *(Family(f"jump {size:+.2f}, accuracy n=256", jump(size)) for size in (0.05, 0.1, 0.2, 0.4)),
     *(Family(f"jump {size:+.2f}, accuracy n=512", jump(size, 512)) for size in (0.05, 0.1, 0.2)),
     *(Family(f"drop {size:+.2f}, accuracy n=256", jump(size)) for size in (-0.1, -0.2)),
     Family("jump +0.20 on rise, noise 0.02", jump(0.2, None)),
     Family("drop -0.20 on rise, noise 0.02", jump(-0.2, None)),
+    *(Family(f"emergence: sigmoid +0.6, width {w}", emergence(w), tolerance=int(2 + 2 * w))
+      for w in (0.5, 1.0, 2.0)),
 ]
 
 
@@ -107,7 +130,7 @@ def run_family(family: Family, curves: int, evals: int, rng: np.random.Generator
             for event in detector.update("s", index * EVAL_EVERY, value, n_eval):
                 onset = event.onset_step // EVAL_EVERY
                 if at is not None and not hit and np.sign(event.size) == direction:
-                    if abs(onset - at) <= 2:
+                    if abs(onset - at) <= family.tolerance:
                         hit = True
                         delays.append(event.step // EVAL_EVERY - at)
                         onset_errors.append(onset - at)

@@ -97,6 +97,20 @@ def _mad(x: np.ndarray) -> float:
     return float(np.median(np.abs(x - np.median(x))))
 
 
+def _robust_linear_fit(x: np.ndarray, y: np.ndarray) -> tuple[float, float, float, float, float]:
+    """Theil-Sen line (median of pairwise slopes) with a MAD residual scale, in the shape of
+    :func:`_linear_fit`. The pre-onset trend must not be dragged by one early outlier, such as an
+    accuracy of 0 at step 0 before the model has learned the answer format."""
+    x_mean = float(x.mean())
+    sxx = float(((x - x_mean) ** 2).sum())
+    if x.size < 3 or sxx == 0:
+        return _linear_fit(x, y)
+    slope = float(stats.theilslopes(y, x).slope)
+    intercept = float(np.median(y - slope * x))
+    residual = y - (intercept + slope * x)
+    return slope, intercept, MAD_TO_SD * _mad(residual), x_mean, sxx
+
+
 def _linear_fit(x: np.ndarray, y: np.ndarray) -> tuple[float, float, float, float, float]:
     """Least-squares line: (slope, intercept, residual sd, mean of x, Sxx)."""
     x_mean = float(x.mean())
@@ -279,7 +293,7 @@ class JumpDetector:
         values = np.asarray(state.values)
         pre_x, pre_y = steps[first:onset], values[first:onset]
         post_x, post_y = steps[onset : t + 1], values[onset : t + 1]
-        slope, intercept, residual_sd, x_mean, sxx = _linear_fit(pre_x, pre_y)
+        slope, intercept, residual_sd, x_mean, sxx = _robust_linear_fit(pre_x, pre_y)
         predicted = intercept + slope * post_x
         before, after = float(predicted.mean()), float(post_y.mean())
         shift = after - before
