@@ -122,7 +122,7 @@ def test_cli_debug_run_prints_progress_and_run_dir(tmp_path):
 
 @pytest.mark.slow
 def test_multirun_keeps_going_past_a_failed_job(tmp_path):
-    result = _cli(["-m", "debug=fast", "progress=none", "data.p=11,12,13",
+    result = _cli(["-m", "debug=fast", "progress=none", "data=modular_arithmetic", "data.p=11,12,13",
                    f"hydra.sweep.dir={tmp_path / 'sweep'}"], tmp_path)
     assert result.returncode != 0  # the sweep reports the failure at the end...
     summaries = {p.parent.name: json.loads(p.read_text()) for p in (tmp_path / "sweep").glob("*/summary.json")}

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Any
@@ -36,30 +35,25 @@ class Throughput(L.Callback):
 
 
 class RunSummary(L.Callback):
-    """Writes ``summary.json`` (and creates ``events.jsonl``) on rank 0 at the end of fit or on an
-    exception, inside the training process, so it is right under every strategy (spawned DDP
-    workers included)."""
+    """Writes ``summary.json`` (and creates ``events.jsonl``, which :class:`JumpWatch` fills) on
+    rank 0 at the end of fit or on an exception, inside the training process, so it is right under
+    every strategy (spawned DDP workers included)."""
 
     def __init__(self, run_dir: str, static: dict[str, Any]) -> None:
         self.run_dir = Path(run_dir)
         self.static = static
         self.t_start = time.time()
-        self.events: list[dict[str, Any]] = []
 
     def setup(self, trainer, pl_module, stage: str) -> None:
         if trainer.is_global_zero:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             (self.run_dir / "events.jsonl").touch()
 
-    def add_events(self, events: list[dict[str, Any]]) -> None:
-        """Jump events from the detector; appended to events.jsonl as they are confirmed."""
-        self.events.extend(events)
-        with (self.run_dir / "events.jsonl").open("a") as f:
-            for event in events:
-                f.write(json.dumps(event) + "\n")
-
     def write(self, trainer, status: str, error: str | None = None) -> dict[str, Any]:
+        from trainer.monitors import JumpWatch
+
         throughput = next((c for c in trainer.callbacks if isinstance(c, Throughput)), None)
+        watch = next((c for c in trainer.callbacks if isinstance(c, JumpWatch)), None)
         metrics = {k: _to_float(v) for k, v in sorted(trainer.callback_metrics.items())}
         tokens_per_step = self.static["tokens_per_step"]
         summary = {
@@ -73,7 +67,9 @@ class RunSummary(L.Callback):
             "tokens_seen": trainer.global_step * tokens_per_step,
             "tokens_per_s": throughput.tokens_per_s if throughput else None,
             "wall_time_s": round(time.time() - self.t_start, 3),
-            "jumps": self.events,
+            "jumps": watch.events() if watch else [],
+            "lead_lag": watch.lead_lag() if watch else [],
+            "invalid_metrics": watch.invalid if watch else [],
             **run_info.environment(),
         }
         run_info.write_json(self.run_dir / "summary.json", summary)

@@ -53,9 +53,6 @@ class StepDataModule(L.LightningDataModule):
         self.sampler, self.global_batch = sampler, global_batch
         self.total_steps, self.num_workers = total_steps, num_workers
 
-    def prepare_data(self) -> None:
-        self.sampler.prepare()
-
     def setup(self, stage: str) -> None:
         self.sampler.bind(self.total_steps)
 

@@ -20,9 +20,16 @@ class _KeepEarlierRowsWriter(_ExperimentWriter):
         if keep_before_step is not None and path.is_file():
             with path.open(newline="") as f:
                 previous = [row for row in csv.DictReader(f) if int(row["step"]) < keep_before_step]
+        self._resuming = keep_before_step is not None
         super().__init__(log_dir)
         if previous:
             self.metrics = [{k: v for k, v in row.items() if v != ""} for row in previous]
+
+    def _check_log_dir_exists(self) -> None:
+        if not self._resuming:
+            return super()._check_log_dir_exists()
+        # The rows worth keeping are in memory; the file is rewritten from them, not lost.
+        Path(self.metrics_file_path).unlink(missing_ok=True)
 
 
 class ResumableCSVLogger(CSVLogger):

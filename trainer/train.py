@@ -108,6 +108,7 @@ def train(cfg: DictConfig, callbacks: list | None = None) -> dict[str, Any]:
 
     curriculum = _build(cfg.curriculum) if cfg.get("curriculum") else None
     sampler = _build(cfg.data, curriculum=curriculum)
+    sampler.prepare()  # caches built (or found) and data-dependent settings checked, before training
     tokens_per_step = cfg.batch.global_size * sampler.seq_len
     total_steps = steps_from_budget(cfg.budget.tokens, cfg.batch.global_size, sampler.seq_len)
     model = _build(
@@ -250,7 +251,7 @@ def _record_failure(run_dir: Path, exc: Exception) -> None:
         )
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="train")
+@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="train")
 def main(cfg: DictConfig) -> float | None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     try:

@@ -1,0 +1,102 @@
+"""The monitors: probes score right and wrong models, callbacks never change the training curve,
+undefined metrics are reported (not logged), and the embedded default shows a detected in-context
+jump that burstiness 0 does not."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from data_mixers.base import ProbeSet
+from tests.conftest import compose_cfg
+from trainer.monitors import score_probe
+from trainer.train import train
+
+
+class Oracle(torch.nn.Module):
+    """Puts all its mass on ``answers`` (right, or wrong when shifted)."""
+
+    def __init__(self, vocab: int, shift: int) -> None:
+        super().__init__()
+        self.vocab, self.shift = vocab, shift
+
+    def forward(self, input_ids, item_vectors=None, item_mask=None):
+        logits = torch.full((*input_ids.shape, self.vocab), -30.0)
+        nxt = (input_ids.roll(-1, dims=1) + self.shift) % self.vocab
+        logits.scatter_(-1, nxt.unsqueeze(-1), 30.0)
+        return logits
+
+
+def copy_probe() -> ProbeSet:
+    ids = np.random.default_rng(0).integers(0, 10, size=(32, 6))
+    batch = {"input_ids": ids, "targets": np.roll(ids, -1, axis=1),
+             "loss_mask": np.ones(ids.shape, np.float32), "domain": np.zeros_like(ids)}
+    return ProbeSet("copy", batch, kind="answer", answer_positions=np.full(32, 3))
+
+
+def test_probe_scores_a_right_and_a_wrong_model():
+    right, n = score_probe(Oracle(10, 0), copy_probe(), torch.device("cpu"), max_rows=512)
+    wrong, _ = score_probe(Oracle(10, 1), copy_probe(), torch.device("cpu"), max_rows=512)
+    assert n == 32
+    assert right["acc"] == 1.0 and right["logprob"] > -1e-6
+    assert wrong["acc"] == 0.0 and wrong["logprob"] < -50
+
+
+def read_csv(run) -> list[dict[str, str]]:
+    with (run / "csv" / "metrics.csv").open() as f:
+        return list(csv.DictReader(f))
+
+
+def test_monitors_do_not_change_the_training_curve(tmp_path, tiny_overrides):
+    not_data = [o for o in tiny_overrides if not o.startswith(("data", "model"))]
+    common = [*not_data, "data=bursty_classes", "data.n_classes=32", "model=attn_only",
+              "budget.tokens=5440"]
+    often = ["callbacks.probes.every_n_steps=2", "callbacks.topology.every_n_steps=2",
+             "callbacks.topology.n_points=32", "callbacks.topology.h1_every_n_steps=4",
+             "callbacks.data_meter.every_n_steps=2"]
+    train(compose_cfg([*common, "callbacks=minimal"], tmp_path / "plain"))
+    summary = train(compose_cfg([*common, "callbacks=default", *often], tmp_path / "watched"))
+    plain = [r["train/loss"] for r in read_csv(tmp_path / "plain") if r.get("train/loss")]
+    watched_rows = read_csv(tmp_path / "watched")
+    watched = [r["train/loss"] for r in watched_rows if r.get("train/loss")]
+    assert plain == watched and len(plain) == 20
+    logged = set(watched_rows[0])
+    for key in ("probe/icl/acc", "probe/icl/logprob", "topo/layer2/erank", "topo/layer1/h1_total",
+                "topo/attn0/head0/prefix_match", "topo/weights/total/update_ratio",
+                "data/domain_entropy_bits", "data/burstiness"):
+        assert key in logged, key
+        assert key in summary["metrics"], key
+
+
+def test_an_undefined_metric_is_reported_not_logged(tmp_path, tiny_overrides):
+    # Modular arithmetic's probe point is the '=' position: its embedding is the same point for
+    # every row, a degenerate cloud whose topology is undefined.
+    run = tmp_path / "run"
+    summary = train(compose_cfg([*tiny_overrides, "callbacks.topology.every_n_steps=5"], run))
+    invalid = {e["series"]: e for e in summary["invalid_metrics"]}
+    assert "topo/emb" in invalid and invalid["topo/emb"]["count"] >= 2
+    header = set(read_csv(run)[0])
+    assert not any(k.startswith("topo/emb/") for k in header)
+    assert "topo/layer1/erank" in header
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("p_bursty,expect_jump", [(1.0, True), (0.0, False)])
+def test_default_run_shows_the_in_context_jump_only_with_burstiness(tmp_path, p_bursty, expect_jump):
+    run = tmp_path / "run"
+    summary = train(compose_cfg(["progress=none", f"data.p_bursty={p_bursty}",
+                                 "budget.tokens=1200000", f"paths.cache_dir={tmp_path}"], run))
+    capability = [e for e in summary["jumps"] if e["series"] == "probe/icl/acc" and e["size"] > 0]
+    events = [json.loads(line) for line in (run / "events.jsonl").read_text().splitlines()]
+    assert events == summary["jumps"]
+    if expect_jump:
+        assert capability, summary["jumps"]
+        assert capability[0]["after"] - capability[0]["before"] > 0.2
+        assert summary["metrics"]["probe/icl/acc"] > 0.8
+    else:
+        assert not [e for e in summary["jumps"] if e["series"].startswith("probe/")]
+        assert summary["metrics"]["probe/icl/acc"] < 0.3
