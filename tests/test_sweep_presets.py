@@ -1,0 +1,42 @@
+"""Launcher and sweeper presets compose (no cluster here: composing is the test), and multirun
+directories are unique per job."""
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+
+from trainer.train import CONF_DIR
+
+
+def compose_with_hydra(overrides):
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        return compose("train", overrides=overrides, return_hydra_config=True)
+
+
+def test_slurm_launcher_preset_composes():
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
+    cfg = compose_with_hydra(["hydra/launcher=slurm", "hydra.launcher.partition=gpu"])
+    launcher = cfg.hydra.launcher
+    assert launcher._target_.endswith("SlurmLauncher")
+    assert launcher.partition == "gpu" and launcher.gpus_per_node == 1 and launcher.timeout_min == 120
+
+
+def test_local_parallel_launcher_preset_composes():
+    pytest.importorskip("hydra_plugins.hydra_joblib_launcher")
+    cfg = compose_with_hydra(["hydra/launcher=local_parallel"])
+    assert cfg.hydra.launcher._target_.endswith("JoblibLauncher") and cfg.hydra.launcher.n_jobs == 2
+
+
+def test_optuna_preset_composes_with_in_memory_storage():
+    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
+    cfg = compose_with_hydra(["hydra/sweeper=optuna_tpe", "optimized_metric=probe/icl/acc"])
+    sweeper = cfg.hydra.sweeper
+    assert sweeper._target_.endswith("OptunaSweeper") and sweeper.storage is None
+    assert sweeper.direction == "maximize" and sweeper.sampler.seed == cfg.seed
+
+
+def test_runs_started_in_the_same_second_get_their_own_dirs():
+    runs = {compose_with_hydra([]).hydra.run.dir for _ in range(3)}
+    sweeps = {compose_with_hydra([]).hydra.sweep.dir for _ in range(3)}
+    assert len(runs) == 3 and len(sweeps) == 3
