@@ -36,5 +36,6 @@ def tiny_overrides(tmp_path) -> list[str]:
     return [
         "pl=cpu", "progress=none", "data=modular_arithmetic", "data.p=13", "model=gpt_tiny",
         "model.n_layer=1", "model.d_model=32", "batch.global_size=16", "budget.tokens=1280",
-        "log_every_n_steps=1", "checkpoint_every_n_steps=5", f"paths.cache_dir={tmp_path / 'cache'}",
+        "log_every_n_steps=1", "checkpoint_every_n_steps=5", "optim.warmup_steps=5",
+        f"paths.cache_dir={tmp_path / 'cache'}",
     ]

@@ -28,12 +28,19 @@ def test_every_group_option_composes_and_validates(group, option, tmp_path):
 
 @pytest.mark.parametrize("option", options("data"))
 def test_every_data_config_instantiates(option, tmp_path):
-    cfg = compose_cfg([f"data={option}", f"paths.cache_dir={tmp_path}"], tmp_path)
-    if option == "hf":
-        pytest.skip("needs data files; covered by tests/test_hf_source.py")
+    extra = []
+    if option == "hf":  # a local file stands in for a corpus (nothing is downloaded)
+        corpus = tmp_path / "corpus.jsonl"
+        corpus.write_text("".join(f'{{"text": "document number {i} about topic {i % 3}"}}\n' for i in range(50)))
+        extra = [f"data.source.data_files=[{corpus}]", "data.tokenizer.vocab_size=300"]
+    cfg = compose_cfg([f"data={option}", f"paths.cache_dir={tmp_path}", *extra], tmp_path)
     curriculum = instantiate(cfg.curriculum) if cfg.curriculum else None
     sampler = instantiate(cfg.data, curriculum=curriculum, _convert_="all")
-    assert sampler.vocab_size > 0 and sampler.seq_len > 0
+    sampler.prepare()
+    sampler.bind(10)
+    batch = sampler.batch(0, 4)
+    assert batch["input_ids"].shape == (4, sampler.seq_len)
+    assert batch["input_ids"].max() < sampler.vocab_size
 
 
 @pytest.mark.parametrize("option", [o for g in ("model",) for o in options(g)])
@@ -53,15 +60,30 @@ def test_experiments_override_the_defaults(tmp_path):
 
 
 def test_debug_fast_is_a_few_steps_on_cpu(tmp_path):
-    cfg = compose_cfg(["debug=fast"], tmp_path)
+    cfg = compose_cfg(["debug=fast", f"paths.cache_dir={tmp_path}"], tmp_path)
     assert cfg.pl.accelerator == "cpu"
-    assert cfg.budget.tokens // (cfg.batch.global_size * 4) <= 100
+    sampler = instantiate(cfg.data, curriculum=None, _convert_="all")
+    assert 1 <= cfg.budget.tokens // (cfg.batch.global_size * sampler.seq_len) <= 20
 
 
-def test_unknown_key_is_named(tmp_path):
-    cfg = compose_cfg(["+learning_rate=0.1"], tmp_path)
-    with pytest.raises(ConfigError, match="unknown config key 'learning_rate'"):
+def test_unknown_keys_are_named(tmp_path):
+    cfg = compose_cfg(["+learning_rate=0.1", "+optim.lrr=0.1"], tmp_path)
+    with pytest.raises(ConfigError) as err:
         validate(cfg)
+    assert "unknown config key 'learning_rate'" in str(err.value)
+    assert "unknown config key 'optim.lrr'" in str(err.value)
+
+
+def test_warmup_longer_than_the_run_is_named(tmp_path, tiny_overrides):
+    cfg = compose_cfg([*tiny_overrides, "optim.warmup_steps=50"], tmp_path / "run")
+    with pytest.raises(ConfigError, match="optim.warmup_steps=50 is not shorter than the run"):
+        train(cfg)
+
+
+def test_global_batch_must_split_over_processes(tmp_path, tiny_overrides):
+    cfg = compose_cfg([*tiny_overrides, "pl=ddp_cpu", "batch.global_size=15"], tmp_path / "run")
+    with pytest.raises(ConfigError, match="batch.global_size=15 is not divisible by the 2 processes"):
+        train(cfg)
 
 
 def test_wrong_types_are_all_named_at_once(tmp_path):

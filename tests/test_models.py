@@ -78,6 +78,8 @@ def test_bad_model_config_names_the_key():
         GPT(vocab_size=10, max_seq_len=8, d_model=30, n_head=4)
     with pytest.raises(ValueError, match="model.d_model='wide'"):
         GPT(vocab_size=10, max_seq_len=8, d_model="wide")
+    with pytest.raises(ValueError, match="model.n_loops=4"):
+        GPT(vocab_size=10, max_seq_len=8, n_loops=4)
     with pytest.raises(ValueError, match="model.depth"):
         GPT(vocab_size=10, max_seq_len=8, depth=3)
 

@@ -1,7 +1,9 @@
 """Launcher and sweeper presets compose (no cluster here: composing is the test), and multirun
 directories are unique per job."""
 
-import pytest
+import hydra_plugins.hydra_joblib_launcher  # noqa: F401 - the dev extra installs the plugins
+import hydra_plugins.hydra_optuna_sweeper  # noqa: F401
+import hydra_plugins.hydra_submitit_launcher  # noqa: F401
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 
@@ -15,7 +17,6 @@ def compose_with_hydra(overrides):
 
 
 def test_slurm_launcher_preset_composes():
-    pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
     cfg = compose_with_hydra(["hydra/launcher=slurm", "hydra.launcher.partition=gpu"])
     launcher = cfg.hydra.launcher
     assert launcher._target_.endswith("SlurmLauncher")
@@ -23,13 +24,11 @@ def test_slurm_launcher_preset_composes():
 
 
 def test_local_parallel_launcher_preset_composes():
-    pytest.importorskip("hydra_plugins.hydra_joblib_launcher")
     cfg = compose_with_hydra(["hydra/launcher=local_parallel"])
     assert cfg.hydra.launcher._target_.endswith("JoblibLauncher") and cfg.hydra.launcher.n_jobs == 2
 
 
 def test_optuna_preset_composes_with_in_memory_storage():
-    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
     cfg = compose_with_hydra(["hydra/sweeper=optuna_tpe", "optimized_metric=probe/icl/acc"])
     sweeper = cfg.hydra.sweeper
     assert sweeper._target_.endswith("OptunaSweeper") and sweeper.storage is None

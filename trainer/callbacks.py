@@ -8,8 +8,20 @@ from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
 
 from trainer import run_info
+
+
+class RunCheckpoint(ModelCheckpoint):
+    """``checkpoints/last.ckpt`` every ``every_n_train_steps`` steps *and* at the final step
+    (Lightning's ModelCheckpoint saves only on multiples, so a finished run would otherwise lose
+    its last weights)."""
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+        if trainer.global_step == trainer.max_steps and self._last_global_step_saved != trainer.global_step:
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
 
 
 class Throughput(L.Callback):

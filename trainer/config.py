@@ -41,9 +41,9 @@ TOP_LEVEL = {key.split(".")[0] for key in SCHEMA} | {
     "logger",
     "progress",
     "tags",
-    "extras",
-    "probes",
 }
+# Groups whose every key is in SCHEMA (plus these): a typo inside them is an error too.
+CLOSED_GROUPS = {"budget": set(), "batch": set(), "optim": {"betas"}}
 GROUPS_WITH_TARGET = ("model", "data")
 
 
@@ -51,6 +51,11 @@ def validate(cfg: DictConfig) -> None:
     problems: list[str] = []
     unknown = sorted(set(cfg.keys()) - TOP_LEVEL)
     problems += [f"unknown config key '{key}'" for key in unknown]
+    for group, extra in CLOSED_GROUPS.items():
+        node = cfg.get(group)
+        if isinstance(node, DictConfig):
+            known = {k.split(".", 1)[1] for k in SCHEMA if k.startswith(group + ".")} | extra
+            problems += [f"unknown config key '{group}.{key}'" for key in sorted(set(node) - known)]
     for key, (types, what) in SCHEMA.items():
         value = OmegaConf.select(cfg, key, default="<missing>")
         if value == "<missing>":
@@ -76,6 +81,8 @@ def _check_ranges(cfg: DictConfig) -> list[str]:
         (cfg.optim.lr > 0, f"optim.lr={cfg.optim.lr} must be > 0"),
         (cfg.optim.weight_decay >= 0, f"optim.weight_decay={cfg.optim.weight_decay} must be >= 0"),
         (cfg.optim.warmup_steps >= 0, f"optim.warmup_steps={cfg.optim.warmup_steps} must be >= 0"),
+        (cfg.optim.grad_clip is None or cfg.optim.grad_clip > 0,
+         f"optim.grad_clip={cfg.optim.grad_clip} must be > 0 or null"),
         (
             0 <= cfg.optim.min_lr_ratio <= 1,
             f"optim.min_lr_ratio={cfg.optim.min_lr_ratio} must lie in [0, 1]",

@@ -4,32 +4,39 @@ from __future__ import annotations
 
 import csv
 import os
+import uuid
 from pathlib import Path
 
 from lightning.fabric.loggers.csv_logs import _ExperimentWriter
+from lightning.fabric.loggers.logger import rank_zero_experiment
 from lightning.pytorch.loggers import CSVLogger, WandbLogger
 
 
 class _KeepEarlierRowsWriter(_ExperimentWriter):
-    """Lightning's CSV writer deletes an existing metrics.csv; on resume we keep the rows logged
-    before the checkpoint's step (later ones are logged again), so the file holds one whole curve."""
+    """Lightning's CSV writer deletes an existing metrics.csv. On resume from step ``s`` we keep
+    the rows of steps before ``s`` (later ones are logged again), so the file holds one whole
+    curve. The kept rows are written back at once, through a temporary file and a rename, so a
+    crash right after the resume loses nothing."""
 
     def __init__(self, log_dir: str, keep_before_step: int | None) -> None:
-        previous: list[dict[str, str]] = []
-        path = Path(log_dir) / self.NAME_METRICS_FILE
-        if keep_before_step is not None and path.is_file():
-            with path.open(newline="") as f:
-                previous = [row for row in csv.DictReader(f) if int(row["step"]) < keep_before_step]
-        self._resuming = keep_before_step is not None
+        self._keep_before_step = keep_before_step
         super().__init__(log_dir)
-        if previous:
-            self.metrics = [{k: v for k, v in row.items() if v != ""} for row in previous]
 
     def _check_log_dir_exists(self) -> None:
-        if not self._resuming:
+        path = Path(self.metrics_file_path)
+        if self._keep_before_step is None or not path.is_file():
             return super()._check_log_dir_exists()
-        # The rows worth keeping are in memory; the file is rewritten from them, not lost.
-        Path(self.metrics_file_path).unlink(missing_ok=True)
+        with path.open(newline="") as f:
+            reader = csv.DictReader(f)
+            header = list(reader.fieldnames or [])
+            rows = [r for r in reader if int(r["step"]) < self._keep_before_step]
+        tmp = path.with_suffix(".csv.tmp")
+        with tmp.open("w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=header)
+            writer.writeheader()
+            writer.writerows(rows)
+        tmp.replace(path)
+        self.metrics_keys = header
 
 
 class ResumableCSVLogger(CSVLogger):
@@ -42,6 +49,7 @@ class ResumableCSVLogger(CSVLogger):
         self._keep_before_step = keep_before_step
 
     @property
+    @rank_zero_experiment
     def experiment(self) -> _ExperimentWriter:
         if self._experiment is None:
             os.makedirs(self.root_dir, exist_ok=True)
@@ -71,9 +79,17 @@ def make_wandb_logger(
     mode: str | None = None,
     run_config: dict | None = None,
 ) -> WandbLogger:
-    """A WandbLogger whose files go to ``<run dir>/wandb``; offline unless wandb is set up."""
+    """A WandbLogger whose files go to ``<run dir>/wandb``; offline unless wandb is set up.
+
+    The wandb run id is kept in ``<run dir>/wandb_run_id``: a resumed job continues the same
+    wandb run instead of starting a second one."""
     Path(save_dir).mkdir(parents=True, exist_ok=True)
+    id_file = Path(save_dir) / "wandb_run_id"
+    if not id_file.is_file():
+        id_file.write_text(uuid.uuid4().hex[:12])
     logger = WandbLogger(
+        id=id_file.read_text().strip(),
+        resume="allow",
         save_dir=save_dir,
         project=project,
         group=group,

@@ -11,13 +11,16 @@ from torch import nn
 
 
 def masked_cross_entropy(
-    logits: torch.Tensor, targets: torch.Tensor, loss_mask: torch.Tensor
+    logits: torch.Tensor, targets: torch.Tensor, loss_mask: torch.Tensor,
+    count: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Mean cross-entropy over the positions where ``loss_mask`` is set (the data decides which
-    positions count: every token for text, only the query's label for in-context tasks)."""
+    positions count: every token for text, only the query's label for in-context tasks).
+    ``count`` replaces the local number of counted positions (data parallelism passes the global
+    count per rank, so ranks with more padding do not weigh more)."""
     losses = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), reduction="none")
     mask = loss_mask.flatten().to(losses.dtype)
-    return (losses * mask).sum() / mask.sum().clamp_min(1.0)
+    return (losses * mask).sum() / (mask.sum() if count is None else count).clamp_min(1.0)
 
 
 def warmup_cosine(step: int, warmup_steps: int, total_steps: int, min_lr_ratio: float) -> float:
@@ -45,23 +48,23 @@ class LitLM(L.LightningModule):
         self.model = model
         self.total_steps, self.tokens_per_step = total_steps, tokens_per_step
         self.lr, self.weight_decay, self.betas = lr, weight_decay, tuple(betas)
-        self.warmup_steps = min(warmup_steps, max(1, total_steps // 10)) if warmup_steps else 0
+        self.warmup_steps = warmup_steps
         self.min_lr_ratio = min_lr_ratio
         self.compile = compile
-        self.forward_fn = model
 
     def configure_model(self) -> None:
         if self.compile:
-            self.forward_fn = torch.compile(self.model)
+            # In place: the state dict keeps its keys, so checkpoints load with or without compile.
+            self.model.compile()
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        return self.forward_fn(
+        return self.model(
             batch["input_ids"], batch.get("item_vectors"), batch.get("item_mask")
         )
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         logits = self(batch)
-        loss = masked_cross_entropy(logits, batch["targets"], batch["loss_mask"])
+        loss = masked_cross_entropy(logits, batch["targets"], batch["loss_mask"], self._per_rank_count(batch))
         if self._logging_step():
             # Checked (a host sync) and logged only at logging steps: the logger would drop the
             # values of the others anyway, and per-step host syncs cost GPU throughput.
@@ -75,6 +78,15 @@ class LitLM(L.LightningModule):
             self.log("train/tokens_seen", float((self.global_step + 1) * self.tokens_per_step))
             self.log("train/lr", self.lr_schedulers().get_last_lr()[0])
         return loss
+
+    def _per_rank_count(self, batch: dict[str, torch.Tensor]) -> torch.Tensor | None:
+        """Under data parallelism: the global batch's counted positions / world size, so that the
+        gradient DDP averages is the global batch's mean, whatever each rank's share of padding."""
+        world = self.trainer.world_size if self._trainer is not None else 1
+        if world == 1:
+            return None
+        count = batch["loss_mask"].sum().float()
+        return self.trainer.strategy.reduce(count, reduce_op="sum") / world
 
     def _logging_step(self) -> bool:
         """The steps at which Lightning hands logged values to the loggers (its own rule)."""

@@ -41,9 +41,17 @@ def _sampler(trainer: L.Trainer) -> StepSampler:
 
 
 def _due(trainer: L.Trainer, every: int) -> bool:
-    """At step 0, every ``every`` steps, and at the last step."""
+    """After the first step, after every ``every`` steps, and after the last step."""
     step = trainer.global_step
     return step == 1 or step % every == 0 or step == trainer.max_steps
+
+
+def _log_step(trainer: L.Trainer) -> int:
+    """The step a measurement after a training step is logged at: the index of the batch just
+    trained on, which is the step Lightning logs that batch's ``train/*`` values at. One row of
+    the CSV then holds the loss of batch i and what the model looked like right after it, and a
+    resume from a checkpoint taken after batch i keeps exactly the rows up to i."""
+    return trainer.global_step - 1
 
 
 class _Measurement:
@@ -110,7 +118,8 @@ class JumpWatch(L.Callback):
             _wandb_alert(logger, events)
 
     def _event_dict(self, event) -> dict[str, Any]:
-        return {**event.to_dict(), "tokens": event.step * self.trainer.lightning_module.tokens_per_step}
+        tokens_per_step = self.trainer.lightning_module.tokens_per_step
+        return {**event.to_dict(), "tokens": (event.step + 1) * tokens_per_step}
 
     def events(self) -> list[dict[str, Any]]:
         return [self._event_dict(e) for e in self.detector.events]
@@ -164,16 +173,22 @@ def _watch(trainer: L.Trainer) -> JumpWatch | None:
 
 def _publish(pl_module: L.LightningModule, trainer: L.Trainer, values: dict[str, float],
              n_eval: dict[str, int] | None = None) -> None:
-    """Log at the current step and hand the series to the jump detector."""
+    """Log at the current step and hand the series to the jump detector; a value that is not a
+    finite number is reported instead (never logged, never fed to the detector)."""
+    step = _log_step(trainer)
+    watch = _watch(trainer)
+    for key in [k for k, v in values.items() if not np.isfinite(v)]:
+        if watch is not None:
+            watch.report_invalid(step, key, f"value {values[key]}")
+        values = {k: v for k, v in values.items() if k != key}
     if not values:
         return
     for logger in trainer.loggers:
-        logger.log_metrics(values, step=trainer.global_step)
+        logger.log_metrics(values, step=step)
     for key, value in values.items():
         trainer.callback_metrics[key] = torch.tensor(value)
-    watch = _watch(trainer)
     if watch is not None:
-        watch.observe(trainer.global_step, values, n_eval)
+        watch.observe(step, values, n_eval)
 
 
 def score_probe(model, probe: ProbeSet, device: torch.device, max_rows: int) -> tuple[dict[str, float], int]:
@@ -207,7 +222,8 @@ class CapabilityProbes(L.Callback):
         self.probes: list[ProbeSet] = []
 
     def on_train_start(self, trainer, pl_module) -> None:
-        self.probes = _sampler(trainer).probe_sets()
+        if trainer.is_global_zero:
+            self.probes = _sampler(trainer).probe_sets()
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if not (trainer.is_global_zero and self.probes and _due(trainer, self.every_n_steps)):
@@ -220,13 +236,6 @@ class CapabilityProbes(L.Callback):
                     values[f"probe/{probe.name}/{name}"] = value
                     if name == "acc":
                         n_eval[f"probe/{probe.name}/{name}"] = n
-        bad = [k for k, v in values.items() if not np.isfinite(v)]
-        if bad:
-            watch = _watch(trainer)
-            for key in bad:
-                if watch:
-                    watch.report_invalid(trainer.global_step, key, f"value {values[key]}")
-            values = {k: v for k, v in values.items() if k not in bad}
         _publish(pl_module, trainer, values, n_eval)
 
 
@@ -253,8 +262,11 @@ class TopologyProbe(L.Callback):
         self.batch: dict[str, np.ndarray] | None = None
         self.points: tuple[np.ndarray, np.ndarray] | None = None
         self.previous_weights: dict[str, torch.Tensor] | None = None
+        self.last_h1: int | None = None
 
     def on_train_start(self, trainer, pl_module) -> None:
+        if not trainer.is_global_zero:
+            return
         sampler = _sampler(trainer)
         probes = sampler.probe_sets()
         probe = probes[0] if probes else None
@@ -268,9 +280,24 @@ class TopologyProbe(L.Callback):
         if not (trainer.is_global_zero and _due(trainer, self.every_n_steps)):
             return
         step = trainer.global_step
-        want_h1 = bool(self.h1_every_n_steps) and (step == 1 or step % self.h1_every_n_steps == 0)
+        # H1 at the first topology evaluation of each h1_every_n_steps period, whether or not the
+        # two periods divide each other.
+        want_h1 = bool(self.h1_every_n_steps) and (
+            self.last_h1 is None or step // self.h1_every_n_steps > self.last_h1 // self.h1_every_n_steps
+        )
+        if want_h1:
+            self.last_h1 = step
         values: dict[str, float] = {}
         watch = _watch(trainer)
+
+        def measure(series: str, compute) -> None:
+            """Add ``series/<metric>`` values; an undefined metric is reported, not raised."""
+            try:
+                values.update({f"{series}/{k}": v for k, v in compute().items()})
+            except ValueError as exc:
+                if watch is not None:
+                    watch.report_invalid(_log_step(trainer), series, str(exc))
+
         model = pl_module.model
         with _Measurement(model):
             out = _forward(model, _to_device(self.batch, pl_module.device), return_hidden=True,
@@ -279,26 +306,16 @@ class TopologyProbe(L.Callback):
             labels = self.batch["domain"][rows, pos]
             labels = labels if (labels >= 0).all() and len(np.unique(labels)) > 1 else None
             for i, hidden in enumerate(out["hidden"]):
-                name = "emb" if i == 0 else f"layer{i}"
                 X = hidden[torch.as_tensor(rows), torch.as_tensor(pos)].float().cpu().numpy()
-                try:
-                    metrics = topology.point_cloud_metrics(
-                        X, labels, k=self.k, h1=want_h1, h1_points=self.h1_points,
-                        rng=np.random.default_rng(0))
-                except ValueError as exc:
-                    if watch:
-                        watch.report_invalid(step, f"topo/{name}", str(exc))
-                    continue
-                values.update({f"topo/{name}/{k}": v for k, v in metrics.items()})
-            if self.attention and out.get("attn"):
-                ids = self.batch["input_ids"]
-                for i, attn in enumerate(out["attn"]):
-                    metrics = topology.attention_metrics(attn.float().cpu(), ids)
-                    values.update({f"topo/attn{i}/{k}": v for k, v in metrics.items()})
+                measure("topo/emb" if i == 0 else f"topo/layer{i}", lambda X=X: topology.point_cloud_metrics(
+                    X, labels, k=self.k, h1=want_h1, h1_points=self.h1_points,
+                    rng=np.random.default_rng(0)))
+            for i, attn in enumerate(out["attn"] or []):
+                measure(f"topo/attn{i}", lambda attn=attn: topology.attention_metrics(
+                    attn.float().cpu(), self.batch["input_ids"]))
         if self.weights:
             params = dict(model.named_parameters())
-            values.update({f"topo/weights/{k}": v for k, v in
-                           topology.weight_metrics(params, self.previous_weights, _param_group).items()})
+            measure("topo/weights", lambda: topology.weight_metrics(params, self.previous_weights, _param_group))
             self.previous_weights = topology.snapshot(params)
         _publish(pl_module, trainer, values)
 

@@ -111,6 +111,11 @@ def train(cfg: DictConfig, callbacks: list | None = None) -> dict[str, Any]:
     sampler.prepare()  # caches built (or found) and data-dependent settings checked, before training
     tokens_per_step = cfg.batch.global_size * sampler.seq_len
     total_steps = steps_from_budget(cfg.budget.tokens, cfg.batch.global_size, sampler.seq_len)
+    if cfg.optim.warmup_steps >= total_steps:
+        raise ConfigError(
+            f"optim.warmup_steps={cfg.optim.warmup_steps} is not shorter than the run "
+            f"({total_steps} steps from budget.tokens={cfg.budget.tokens})"
+        )
     model = _build(
         cfg.model,
         vocab_size=sampler.vocab_size,
@@ -135,7 +140,7 @@ def train(cfg: DictConfig, callbacks: list | None = None) -> dict[str, Any]:
     if ckpt is not None:
         try:
             resume_step = int(
-                torch.load(ckpt, map_location="cpu", weights_only=False)["global_step"]
+                torch.load(ckpt, map_location="cpu", weights_only=False, mmap=True)["global_step"]
             )
         except Exception as exc:  # a truncated or foreign file: say which, before training
             raise ConfigError(f"ckpt_path={cfg.ckpt_path!r}: cannot read {ckpt}: {exc}") from exc
@@ -156,6 +161,7 @@ def train(cfg: DictConfig, callbacks: list | None = None) -> dict[str, Any]:
             "n_params": model.num_params(),
             "flops_per_token": model.flops_per_token(sampler.seq_len),
             "data": sampler.describe(),
+            **_repetition(sampler, cfg.budget.tokens),
             "resumed_from_step": resume_step,
             "config": to_plain(cfg),
         },
@@ -185,6 +191,7 @@ def train(cfg: DictConfig, callbacks: list | None = None) -> dict[str, Any]:
         default_root_dir=str(run_dir),
         num_sanity_val_steps=0,
     )
+    _check_parallel_setup(cfg, pl_trainer, all_callbacks, context)
     if pl_trainer.is_global_zero:
         log.info("run dir: %s", run_dir.resolve())
         log.info(
@@ -211,6 +218,41 @@ def train(cfg: DictConfig, callbacks: list | None = None) -> dict[str, Any]:
             run_dir.resolve(),
         )
     return summary
+
+
+def _repetition(sampler: Any, budget_tokens: int) -> dict[str, float]:
+    """Repetition = budget / unique tokens, for sources with a finite token pool."""
+    if hasattr(sampler, "repetition_factor"):
+        return {"repetition_factor": float(sampler.repetition_factor(budget_tokens))}
+    return {}
+
+
+def _check_parallel_setup(cfg: DictConfig, pl_trainer: Any, callbacks: list, context: dict) -> None:
+    """What only the Trainer knows (the world size, the strategy), checked before fit."""
+    from trainer.monitors import CapabilityProbes, TopologyProbe
+
+    world = pl_trainer.world_size
+    if cfg.batch.global_size % world:
+        raise ConfigError(
+            f"batch.global_size={cfg.batch.global_size} is not divisible by the {world} processes "
+            f"(pl.devices x pl.num_nodes)"
+        )
+    strategy = str(cfg.pl.get("strategy", "auto"))
+    probes = [c for c in callbacks if isinstance(c, (CapabilityProbes, TopologyProbe))]
+    if strategy.startswith("fsdp") and probes:
+        raise ConfigError(
+            "pl.strategy=fsdp shards the weights, and the probe and topology callbacks run a "
+            "forward pass on rank 0 alone: use pl=ddp, or callbacks=minimal"
+        )
+    relaunched = strategy == "ddp" and world > 1 and not (
+        "SLURM_JOB_ID" in os.environ or "LOCAL_RANK" in os.environ
+    )
+    if relaunched and context["group"] is not None:
+        raise ConfigError(
+            "pl.strategy=ddp relaunches the command line, which in a multirun (-m) would rerun "
+            "the whole sweep in every process: use hydra/launcher=slurm (one job per point), "
+            "or pl.strategy=ddp_spawn"
+        )
 
 
 def _route_lightning_logs() -> None:

@@ -174,6 +174,8 @@ class GPT(nn.Module):
                 f"known: {sorted(fields)}"
             )
         self.config = cfg = GPTConfig(**kwargs)
+        if cfg.n_loops != 1 and type(self).block_schedule is GPT.block_schedule:
+            raise ValueError(f"model.n_loops={cfg.n_loops}: only model=looped repeats its blocks")
         self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.d_model)
         self.item_proj = nn.Linear(cfg.item_dim, cfg.d_model, bias=False) if cfg.item_dim else None
         self.drop = nn.Dropout(cfg.dropout)
