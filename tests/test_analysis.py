@@ -295,3 +295,47 @@ def test_an_axis_that_was_not_swept_lists_the_swept_ones(sweep, tmp_path, capsys
 def test_a_series_that_matches_nothing_lists_the_available_ones(sweep, tmp_path):
     with pytest.raises(AnalysisError, match=r"no series matching topo/\*/betti.*train/loss"):
         plot_run(sweep / "batch0" / "0", tmp_path / "x.png", series=["topo/*/betti"])
+
+
+class _FakeWandbRun:
+    """What wandb's public API returns for one run of a sweep logged with logger=wandb."""
+
+    def __init__(self, name, n_classes, jump_step):
+        self.name, self.state = name, "finished"
+        self.config = {"overrides": [f"data.n_classes={n_classes}", "seed=0"], "tokens_per_step": 100}
+        self.summary = {"probe/icl/acc": 0.9 if jump_step else 0.2, "_step": 40}
+        self.jump_step = jump_step
+
+    def scan_history(self):
+        for step in range(0, 400, 10):
+            acc = 0.9 if self.jump_step and step >= self.jump_step else 0.2
+            row = {"trainer/global_step": step, "probe/icl/acc": acc, "_runtime": 1.0}
+            if step == self.jump_step:
+                row["jump/probe/icl/acc"] = 0.7
+            yield row
+
+
+class _FakeWandbApi:
+    def __init__(self, runs):
+        self._runs = runs
+        self.asked = None
+
+    def runs(self, path, filters):
+        self.asked = (path, filters)
+        return self._runs
+
+
+def test_a_wandb_group_is_analysed_like_a_sweep_dir(tmp_path):
+    from trainer.analysis import analyze_sweep, load_wandb_group
+
+    api = _FakeWandbApi([_FakeWandbRun("a", 64, None), _FakeWandbRun("b", 2048, 200)])
+    runs = load_wandb_group("sweep-1", project="p", entity="me", api=api)
+    assert api.asked == ("me/p", {"group": "sweep-1"})
+    by_name = {r.name: r for r in runs}
+    assert by_name["b"].tokens_to_jump("probe/icl/acc") == 201 * 100
+    assert by_name["a"].tokens_to_jump("probe/icl/acc") is None
+    assert list(by_name["b"].series["probe/icl/acc"][0][:3]) == [0, 10, 20]
+    result = analyze_sweep(None, tmp_path / "out", runs=runs, title="wandb group sweep-1")
+    rows = (tmp_path / "out" / "runs.csv").read_text().splitlines()
+    assert len(rows) == 3 and "2048" in "".join(rows)
+    assert result.report.read_text().count("data:image/png;base64,") == 2

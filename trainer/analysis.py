@@ -97,11 +97,13 @@ class Run:
 
         Tokens rather than steps, so runs with different batch or sequence sizes compare.
         """
-        steps = self.jump_steps(name)
-        tokens_per_step = self.summary.get("tokens_per_step")
-        if not steps or tokens_per_step is None:
+        events = sorted((e for e in self.events if e.get("series") == name), key=lambda e: e["step"])
+        if not events:
             return None
-        return steps[0] * int(tokens_per_step)
+        if events[0].get("tokens") is not None:  # the trainer's own count
+            return int(events[0]["tokens"])
+        tokens_per_step = self.summary.get("tokens_per_step")
+        return None if tokens_per_step is None else int(events[0]["step"]) * int(tokens_per_step)
 
     def lead_lag(self, name: str) -> tuple[str, int] | None:
         """The topology series that jumped first, at or before ``name``'s first jump, and its lead
@@ -260,6 +262,48 @@ def load_sweep(sweep_dir: str | Path) -> list[Run]:
     for run_dir in run_dirs:
         relative = run_dir.relative_to(sweep_dir).as_posix()
         runs.append(load_run(run_dir, name=run_dir.name if relative == "." else relative))
+    return runs
+
+
+def load_wandb_group(group: str, project: str = "emergence-lab", entity: str | None = None,
+                     api=None) -> list[Run]:
+    """The runs of one wandb group (a sweep logged with ``logger=wandb``), read through wandb's
+    public API, as the analysis sees a sweep directory: overrides and tokens per step from the
+    run config the trainer uploads, final values from the run summary, every series from the
+    history, jump events from the ``jump/<series>`` markers."""
+    if api is None:
+        import wandb
+
+        api = wandb.Api()
+    path = f"{entity}/{project}" if entity else project
+    found = list(api.runs(path, filters={"group": group}))
+    if not found:
+        raise AnalysisError(f"wandb group {group!r} of project {path!r} has no runs")
+    runs = []
+    for remote in found:
+        config = dict(remote.config)
+        tokens_per_step = config.get("tokens_per_step")
+        points: dict[str, dict[int, float]] = {}
+        events = []
+        for row in remote.scan_history():
+            step = row.get("trainer/global_step", row.get("_step"))
+            for key, value in row.items():
+                if key.startswith(("_", "trainer/")) or not isinstance(value, (int, float)):
+                    continue
+                if key.startswith("jump/"):
+                    events.append({"series": key[len("jump/"):], "step": int(step), "size": value,
+                                   "tokens": None if tokens_per_step is None
+                                   else (int(step) + 1) * int(tokens_per_step)})
+                else:
+                    points.setdefault(key, {})[int(step)] = float(value)
+        series = {k: (np.array(sorted(v), dtype=np.int64), np.array([v[s] for s in sorted(v)]))
+                  for k, v in points.items()}
+        state = {"finished": "completed", "running": "incomplete"}.get(remote.state, "failed")
+        metrics = {k: float(v) for k, v in dict(remote.summary).items()
+                   if not k.startswith(("_", "trainer/", "jump/")) and isinstance(v, (int, float))}
+        summary = {"status": state, "metrics": metrics, "tokens_per_step": tokens_per_step}
+        runs.append(Run(path=Path(remote.name), name=remote.name, summary=summary, events=events,
+                        series=series, overrides=parse_overrides(config.get("overrides") or [])))
     return runs
 
 
@@ -816,23 +860,34 @@ class SweepAnalysis:
 
 
 def analyze_sweep(
-    sweep_dir: str | Path,
+    sweep_dir: str | Path | None,
     out_dir: str | Path | None = None,
     metric: str | None = None,
     x: str | None = None,
     y: str | None = None,
+    runs: Sequence[Run] | None = None,
+    title: str | None = None,
 ) -> SweepAnalysis:
-    """Phase diagram, per-run curves, table of runs and the HTML report of one sweep dir.
+    """Phase diagram, per-run curves, table of runs and the HTML report of one sweep dir (or of
+    ``runs`` loaded elsewhere, e.g. :func:`load_wandb_group`, written to ``out_dir``).
 
     Writes into ``out_dir`` (default ``<sweep_dir>/analysis``) and validates every input before
     drawing anything, so a typo in ``metric`` or an axis costs no time.
     """
-    sweep_dir = Path(sweep_dir)
-    runs = load_sweep(sweep_dir)
+    if runs is None:
+        sweep_dir = Path(sweep_dir)
+        runs = load_sweep(sweep_dir)
+        title = title or f"Sweep {sweep_dir.resolve().name}"
+        source = str(sweep_dir.resolve())
+        out_dir = Path(out_dir) if out_dir is not None else sweep_dir / "analysis"
+    else:
+        if out_dir is None:
+            raise AnalysisError("give an output directory (-o) for runs that are not a sweep dir")
+        source = title or "runs"
+        out_dir = Path(out_dir)
     metric = choose_metric(runs, metric)
     x, y = choose_axes(runs, x, y)
     axes = swept_axes(runs)
-    out_dir = Path(out_dir) if out_dir is not None else sweep_dir / "analysis"
     out_dir.mkdir(parents=True, exist_ok=True)
     result = SweepAnalysis(
         phase_diagram=out_dir / "phase_diagram.png",
@@ -851,9 +906,9 @@ def analyze_sweep(
     n_failed = sum(not run.completed for run in runs)
     write_report(
         result.report,
-        title=f"Sweep {sweep_dir.resolve().name}",
+        title=title or "Sweep",
         facts=[
-            ("sweep dir", str(sweep_dir.resolve())),
+            ("source", source),
             ("runs", f"{len(runs)} ({len(runs) - n_failed} completed, {n_failed} not)"),
             ("capability metric", metric),
             ("swept axes", ", ".join(axes) or "none"),
@@ -871,14 +926,25 @@ def analyze_sweep_main(argv: Sequence[str] | None = None) -> int:
         prog="analyze_sweep",
         description="Phase diagram, per-run curves, table and offline HTML report of a sweep.",
     )
-    parser.add_argument("sweep_dir", type=Path, help="a Hydra multirun dir (or a single run dir)")
+    parser.add_argument("sweep_dir", type=Path, nargs="?",
+                        help="a Hydra multirun dir (or a single run dir)")
     parser.add_argument("-o", "--out-dir", type=Path, help="default: SWEEP_DIR/analysis")
     parser.add_argument("--metric", help="capability metric; default: the first probe/*/acc")
     parser.add_argument("--x", help="swept override key on the x axis, e.g. data.n_classes")
     parser.add_argument("--y", help="swept override key on the y axis, e.g. data.p_bursty")
+    parser.add_argument("--wandb-group", help="read this wandb group instead of a sweep dir")
+    parser.add_argument("--wandb-project", default="emergence-lab")
+    parser.add_argument("--wandb-entity", help="default: your wandb default entity")
     args = parser.parse_args(argv)
+    if (args.sweep_dir is None) == (args.wandb_group is None):
+        parser.error("give either SWEEP_DIR or --wandb-group")
     try:
-        result = analyze_sweep(args.sweep_dir, args.out_dir, args.metric, args.x, args.y)
+        if args.wandb_group:
+            runs = load_wandb_group(args.wandb_group, args.wandb_project, args.wandb_entity)
+            result = analyze_sweep(None, args.out_dir or Path(args.wandb_group), args.metric,
+                                   args.x, args.y, runs=runs, title=f"wandb group {args.wandb_group}")
+        else:
+            result = analyze_sweep(args.sweep_dir, args.out_dir, args.metric, args.x, args.y)
     except AnalysisError as exc:
         parser.error(str(exc))
     for path in result.paths():

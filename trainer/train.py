@@ -40,7 +40,9 @@ def _hydra_context() -> dict[str, Any]:
     }
 
 
-def _build_loggers(cfg: DictConfig, run_dir: Path, resume_step: int | None, context: dict) -> list:
+def _build_loggers(
+    cfg: DictConfig, resume_step: int | None, context: dict, tokens_per_step: int
+) -> list:
     from hydra.utils import get_method, instantiate
 
     loggers = []
@@ -55,7 +57,10 @@ def _build_loggers(cfg: DictConfig, run_dir: Path, resume_step: int | None, cont
             kwargs = {k: v for k, v in to_plain(node).items() if k != "_target_"}
             kwargs["group"] = kwargs.get("group") or context["group"]
             kwargs["name"] = kwargs.get("name") or context["job_name"]
-            loggers.append(get_method(target)(**kwargs, run_config=to_plain(cfg)))
+            # The overrides and tokens per step let elab-analyze --wandb-group read a sweep back.
+            run_config = {**to_plain(cfg), "overrides": context["overrides"],
+                          "tokens_per_step": tokens_per_step}
+            loggers.append(get_method(target)(**kwargs, run_config=run_config))
         else:
             loggers.append(instantiate(node))
         log.debug("logger %s: %s", name, target)
@@ -175,7 +180,7 @@ def train(cfg: DictConfig, callbacks: list | None = None) -> dict[str, Any]:
         all_callbacks.append(instantiate(cfg.progress))
     all_callbacks += [Throughput(tokens_per_step, cfg.log_every_n_steps), summary_cb]
     all_callbacks += list(callbacks or [])
-    loggers = _build_loggers(cfg, run_dir, resume_step, context)
+    loggers = _build_loggers(cfg, resume_step, context, tokens_per_step)
 
     pl_kwargs = {k: v for k, v in to_plain(cfg.pl).items() if k not in ("precision",)}
     pl_trainer = instantiate(
