@@ -1,8 +1,10 @@
-"""Sampling + packing throughput of the text mixer, in tokens per second of one process.
+"""Sampling + packing throughput of the mixers, in tokens per second of one process, beside the
+rate at which the training loop consumes tokens.
 
 Builds (or reuses) the token store of the default world -- and of a local file given with
-``--hf-file`` -- then times ``sampler.batch`` under a few knob settings. The training loop must
-consume fewer tokens per second than this, or the data path is the bottleneck.
+``--hf-file`` -- then times ``sampler.batch`` under a few knob settings; then the embedded default
+(bursty classes) sampler, and a training loop of the default model on it. The training loop must
+consume fewer tokens per second than the sampler emits, or the data path is the bottleneck.
 
     .venv/bin/python scripts/bench_mixer.py [--seq-len 1024] [--global-batch 64] [--hf-file x.jsonl]
 """
@@ -32,6 +34,38 @@ def measure_mixer_throughput(sampler: StepSampler, global_batch: int, steps: int
         sampler.batch(step, global_batch)
     elapsed = time.perf_counter() - start
     return steps * global_batch * sampler.seq_len / elapsed
+
+
+def default_run_rates(steps: int) -> tuple[float, float]:
+    """(sampler tokens/s, training-loop tokens/s) of the embedded default config, one process."""
+    import torch
+    from hydra import compose, initialize_config_dir
+    from hydra.utils import instantiate
+
+    from trainer.data import to_tensors
+    from trainer.module import masked_cross_entropy
+    from trainer.train import CONF_DIR
+
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        cfg = compose("train", overrides=["paths.output_dir=unused"])
+    torch.set_num_threads(cfg.threads)
+    sampler = instantiate(cfg.data, curriculum=None, _convert_="all")
+    sampling = measure_mixer_throughput(sampler, cfg.batch.global_size, steps)
+    model = instantiate(cfg.model, vocab_size=sampler.vocab_size, max_seq_len=sampler.seq_len,
+                        item_dim=sampler.item_dim)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.optim.lr)
+    batches = [to_tensors(sampler.batch(s, cfg.batch.global_size)) for s in range(steps + 1)]
+    start = None
+    for i, batch in enumerate(batches):
+        if i == 1:
+            start = time.perf_counter()
+        logits = model(batch["input_ids"], batch.get("item_vectors"), batch.get("item_mask"))
+        loss = masked_cross_entropy(logits, batch["targets"], batch["loss_mask"])
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    training = steps * cfg.batch.global_size * sampler.seq_len / (time.perf_counter() - start)
+    return sampling, training
 
 
 def main() -> None:
@@ -76,6 +110,12 @@ def main() -> None:
                 f"[{source_name}] {label:38s} {rate / 1e6:8.1f} M tokens/s per process "
                 f"(seq_len {args.seq_len}, global batch {args.global_batch})"
             )
+    sampling, training = default_run_rates(args.steps * 4)
+    print(
+        f"[default] bursty_classes sampler {sampling / 1e6:.2f} M tokens/s per process; the "
+        f"default model trains on {training / 1e6:.3f} M tokens/s: the data path is "
+        f"{sampling / training:.0f}x faster than the loop that consumes it"
+    )
 
 
 if __name__ == "__main__":

@@ -101,7 +101,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("overrides", nargs="*", help="Hydra overrides, as for elab-train")
     parser.add_argument("--steps", type=int, default=300)
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=4)
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
     import logging
@@ -120,8 +120,10 @@ def main() -> None:
           f"batch={cfg.batch.global_size}x{sampler.seq_len} steps={args.steps} threads={torch.get_num_threads()}")
     plain, lit = [], []
     for r in range(args.rounds):
-        plain.append(tokens / plain_loop(cfg, sampler, batches, args.steps))
-        lit.append(tokens / lightning_loop(cfg, sampler, batches, args.steps))
+        # Alternate which loop goes first, so warm-up effects favour neither.
+        order = [(plain, plain_loop), (lit, lightning_loop)]
+        for speeds, loop in order if r % 2 == 0 else order[::-1]:
+            speeds.append(tokens / loop(cfg, sampler, batches, args.steps))
         print(f"round {r}: plain {plain[-1]:,.0f} tok/s   lightning {lit[-1]:,.0f} tok/s   "
               f"ratio {lit[-1] / plain[-1]:.3f}")
     ratio = statistics.median(lit) / statistics.median(plain)

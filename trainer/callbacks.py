@@ -82,6 +82,9 @@ class RunSummary(L.Callback):
             "jumps": watch.events() if watch else [],
             "lead_lag": watch.lead_lag() if watch else [],
             "invalid_metrics": watch.invalid if watch else [],
+            "monitor_seconds": {
+                type(c).__name__: round(c.seconds, 3) for c in trainer.callbacks if hasattr(c, "seconds")
+            },
             **run_info.environment(),
         }
         run_info.write_json(self.run_dir / "summary.json", summary)

@@ -147,7 +147,7 @@ class JumpDetector:
     def __init__(
         self,
         gain_evals: int = 2,
-        min_history: int = 8,
+        min_history: int = 6,
         history: int = 16,
         z_trigger: float = 2.0,
         persistence: int = 2,

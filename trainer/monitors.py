@@ -18,8 +18,10 @@ is reported in the log and ``summary.json`` (``invalid_metrics``), never logged 
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
+import time
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +54,21 @@ def _log_step(trainer: L.Trainer) -> int:
     the CSV then holds the loss of batch i and what the model looked like right after it, and a
     resume from a checkpoint taken after batch i keeps exactly the rows up to i."""
     return trainer.global_step - 1
+
+
+def _timed(hook):
+    """Adds the hook's wall time to ``self.seconds``: what the monitor costs, measured where it is
+    spent (summary.json's ``monitor_seconds``)."""
+
+    @functools.wraps(hook)
+    def wrapper(self, *args, **kwargs):
+        start = time.perf_counter()
+        try:
+            return hook(self, *args, **kwargs)
+        finally:
+            self.seconds += time.perf_counter() - start
+
+    return wrapper
 
 
 class _Measurement:
@@ -196,14 +213,16 @@ def score_probe(model, probe: ProbeSet, device: torch.device, max_rows: int) -> 
     rows = {k: v[:max_rows] for k, v in probe.batch.items()}
     batch = _to_device(rows, device)
     logits = _forward(model, batch).float()
+    n = len(rows["input_ids"])
+    if probe.kind == "answer":  # only the answer positions: a softmax over every position costs more
+        idx = torch.arange(n, device=device)
+        pos = torch.as_tensor(probe.answer_positions[:max_rows], device=device)
+        answer_logits, answers = logits[idx, pos], batch["targets"][idx, pos]
+        logprob = F.log_softmax(answer_logits, dim=-1).gather(-1, answers[:, None]).squeeze(-1)
+        correct = answer_logits.argmax(-1) == answers
+        return {"acc": correct.float().mean().item(), "logprob": logprob.mean().item()}, n
     logp = F.log_softmax(logits, dim=-1)
     target_logp = logp.gather(-1, batch["targets"].unsqueeze(-1)).squeeze(-1)
-    n = len(rows["input_ids"])
-    if probe.kind == "answer":
-        pos = torch.as_tensor(probe.answer_positions[:max_rows], device=device)
-        idx = torch.arange(n, device=device)
-        correct = logits[idx, pos].argmax(-1) == batch["targets"][idx, pos]
-        return {"acc": correct.float().mean().item(), "logprob": target_logp[idx, pos].mean().item()}, n
     mask = batch["loss_mask"].float()
     out = {"loss": -(target_logp * mask).sum().item() / max(mask.sum().item(), 1.0)}
     T = mask.shape[1]
@@ -217,14 +236,25 @@ def score_probe(model, probe: ProbeSet, device: torch.device, max_rows: int) -> 
 class CapabilityProbes(L.Callback):
     """Scores the data source's probe sets every ``every_n_steps`` steps (``probe/<set>/<metric>``)."""
 
+    seconds = 0.0  # wall time spent in this monitor (see _timed)
+
     def __init__(self, every_n_steps: int = 50, max_rows: int = 512) -> None:
         self.every_n_steps, self.max_rows = every_n_steps, max_rows
         self.probes: list[ProbeSet] = []
 
     def on_train_start(self, trainer, pl_module) -> None:
-        if trainer.is_global_zero:
-            self.probes = _sampler(trainer).probe_sets()
+        if not trainer.is_global_zero:
+            return
+        probes = _sampler(trainer).probe_sets()
+        # A set the source marks as not meaningful for this data (e.g. in-weights accuracy when
+        # every sequence draws a fresh label map: chance by construction) costs time and says
+        # nothing.
+        self.probes = [p for p in probes if p.meta.get("meaningful", True)]
+        for probe in probes:
+            if probe not in self.probes:
+                log.info("probe set %r skipped: not meaningful for this data", probe.name)
 
+    @_timed
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if not (trainer.is_global_zero and self.probes and _due(trainer, self.every_n_steps)):
             return
@@ -253,6 +283,8 @@ class TopologyProbe(L.Callback):
     """Representation topology of a fixed probe batch (``topo/<layer>/<metric>``), attention
     (``topo/attn<layer>/head<h>/...``) and weights (``topo/weights/...``)."""
 
+    seconds = 0.0  # wall time spent in this monitor (see _timed)
+
     def __init__(self, every_n_steps: int = 100, n_points: int = 256, k: int = 10,
                  h1_every_n_steps: int | None = 1000, h1_points: int = 128,
                  attention: bool = True, weights: bool = True) -> None:
@@ -276,6 +308,7 @@ class TopologyProbe(L.Callback):
             batch = sampler.batch(2**62, self.n_points)
         self.batch, self.points = batch, _probe_points(batch, probe)
 
+    @_timed
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if not (trainer.is_global_zero and _due(trainer, self.every_n_steps)):
             return
@@ -335,10 +368,13 @@ class DataMeter(L.Callback):
     covers the whole global batch, every rank's share included.
     """
 
+    seconds = 0.0  # wall time spent in this monitor (see _timed)
+
     def __init__(self, every_n_steps: int = 50, window: int = 8) -> None:
         self.every_n_steps, self.window = every_n_steps, window
         self.meter: DiversityMeter | None = None
 
+    @_timed
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if not (trainer.is_global_zero and _due(trainer, self.every_n_steps)):
             return

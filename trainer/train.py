@@ -107,6 +107,8 @@ def train(cfg: DictConfig, callbacks: list | None = None) -> dict[str, Any]:
 
     _route_lightning_logs()
     warnings.filterwarnings("ignore", message=".*isinstance\\(treespec, LeafSpec\\)")
+    # LitLM moves its flat batch dicts itself (faster than Lightning's generic walk), on purpose.
+    warnings.filterwarnings("ignore", message="You have overridden `transfer_batch_to_device`")
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
