@@ -1,9 +1,9 @@
 """Tokens/s of the Lightning training loop against a plain PyTorch loop, side by side.
 
-Both loops train the same model (same init) on the same batches with the same optimizer, schedule
-and gradient clipping; they alternate in rounds so machine noise hits both alike. The Lightning
-loop runs as ``elab-train`` does (logging every ``log_every_n_steps``), without checkpoints and
-progress bar.
+Both loops train the same model (same init) on the same prepared batches with the same optimizer,
+schedule and gradient clipping; they alternate in rounds so machine noise hits both alike. What is
+compared is the loop itself: the Lightning side is LitLM in a Trainer logging every
+``log_every_n_steps`` (as ``elab-train`` does), without checkpoints, monitors or progress bar.
 
     python scripts/bench_train.py                       # the default model and data
     python scripts/bench_train.py model=gpt_small --steps 200 --rounds 3

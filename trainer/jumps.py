@@ -304,12 +304,16 @@ class JumpDetector:
         post_sd = max(pre_sd, np.sqrt(_binomial_variance(after, state.n_evals[t])))
         leverage = 1.0 / pre_x.size + ((post_x.mean() - x_mean) ** 2 / sxx if sxx > 0 else 0.0)
         standard_error = np.sqrt(pre_sd**2 * leverage + post_sd**2 / post_y.size)
-        score = shift / max(standard_error, 1e-12 * (1 + abs(before)))
+        # A series that did not move at all before (a count of graph components) has no noise
+        # estimate; a floor of 0.1% of its level keeps its score a finite, comparable number.
+        score = shift / max(standard_error, 1e-3 * (1 + abs(before)))
         threshold = self.z_confirm
         if binomial_sd < max(residual_sd, steps_sd):
             threshold = float(stats.t.isf(stats.norm.sf(self.z_confirm), max(pre_x.size - 2, 1)))
 
-        holds = bool(np.all(pending.direction * (post_y - predicted) >= abs(shift) / 2))
+        # The new level must hold from the second post-onset value on: the first may still be
+        # mid-rise when a jump spans more than one evaluation (a sigmoid, not a step).
+        holds = bool(np.all(pending.direction * (post_y - predicted)[1:] >= abs(shift) / 2))
         moved = pending.direction * (after - (intercept + slope * pre_x[-1])) >= abs(shift) / 2
         large = abs(shift) >= max(self.min_size, self.min_rel_size * abs(before))
         if np.sign(shift) != pending.direction or abs(score) < threshold:
