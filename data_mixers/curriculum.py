@@ -67,7 +67,16 @@ class Stages(Curriculum):
                     f"curriculum.stages[{i}].until={until} must lie in ({previous}, 1.0]: stages "
                     "are ordered by the fraction of the budget at which they end"
                 )
-            knobs = {k: float(v) for k, v in stage.items() if k != "until"}
+            knobs = {}
+            for knob, value in stage.items():
+                if knob == "until":
+                    continue
+                if isinstance(value, bool) or not isinstance(value, (int, float)):
+                    raise DataConfigError(
+                        f"curriculum.stages[{i}].{knob}={value!r}: a curriculum moves numeric "
+                        "knobs only"
+                    )
+                knobs[knob] = float(value)
             self.stages.append((until, knobs))
             previous = until
         if previous != 1.0:

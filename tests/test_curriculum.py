@@ -127,3 +127,8 @@ def test_every_curriculum_config_instantiates(path):
         for knob, value in curriculum.at(step, 100).items():
             low, high = curriculum.ranges()[knob]
             assert low <= value <= high
+
+
+def test_a_non_numeric_stage_value_is_named():
+    with pytest.raises(DataConfigError, match=r"curriculum.stages\[1\].weights_count='rows'"):
+        Stages([{"until": 0.5, "p_bursty": 1.0}, {"until": 1.0, "weights_count": "rows"}])
