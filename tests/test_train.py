@@ -83,6 +83,8 @@ def test_resume_gives_the_same_curves(tmp_path, tiny_overrides):
         assert sorted(resumed) == sorted(expected) and len(expected) >= 6, series
         assert resumed == pytest.approx(expected, rel=1e-5), series
     assert (crashed / "events.jsonl").read_text() == (straight / "events.jsonl").read_text()
+    invalid = [json.loads((d / "summary.json").read_text())["invalid_metrics"] for d in (straight, crashed)]
+    assert invalid[0] == invalid[1] and invalid[0], "undefined metrics are counted across the resume"
 
 
 class PartlyMaskedArithmetic(ModularArithmetic):

@@ -167,10 +167,11 @@ class JumpWatch(L.Callback):
         return lead_lag(self.detector.events)
 
     def state_dict(self) -> dict[str, Any]:
-        return self.detector.state_dict()
+        return {**self.detector.state_dict(), "invalid": self.invalid}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.detector.load_state_dict(state_dict)
+        self.invalid = list(state_dict.get("invalid", []))
 
 
 def _wandb_alert(logger, events: list[dict[str, Any]]) -> None:
