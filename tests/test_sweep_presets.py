@@ -4,6 +4,7 @@ directories are unique per job."""
 import hydra_plugins.hydra_joblib_launcher  # noqa: F401 - the dev extra installs the plugins
 import hydra_plugins.hydra_optuna_sweeper  # noqa: F401
 import hydra_plugins.hydra_submitit_launcher  # noqa: F401
+import pytest
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 
@@ -39,3 +40,25 @@ def test_runs_started_in_the_same_second_get_their_own_dirs():
     runs = {compose_with_hydra([]).hydra.run.dir for _ in range(3)}
     sweeps = {compose_with_hydra([]).hydra.sweep.dir for _ in range(3)}
     assert len(runs) == 3 and len(sweeps) == 3
+
+
+@pytest.mark.slow
+def test_optuna_preset_runs_and_reports_the_best_point(tmp_path):
+    import subprocess
+    import sys
+
+    import yaml
+
+    from tests.conftest import REPO
+
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "OMP_NUM_THREADS": "1",
+           "WANDB_MODE": "offline", "PYTHONPATH": str(REPO)}
+    result = subprocess.run(
+        [sys.executable, "-m", "trainer.train", "-m", "experiment=icl_optuna",
+         "hydra.sweeper.n_trials=2", "budget.tokens=30000", "optim.warmup_steps=2",
+         "progress=none", f"hydra.sweep.dir={tmp_path / 'sweep'}"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL)
+    assert result.returncode == 0, result.stderr[-3000:]
+    best = yaml.safe_load((tmp_path / "sweep" / "optimization_results.yaml").read_text())
+    assert set(best["best_params"]) == {"data.p_bursty", "data.n_classes"}
+    assert 0.0 <= best["best_value"] <= 1.0
