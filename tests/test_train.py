@@ -164,3 +164,13 @@ def test_multirun_keeps_going_past_a_failed_job(tmp_path):
         assert (out / name).stat().st_size > 0, name
     table = (out / "runs.csv").read_text().splitlines()
     assert len(table) == 4 and sum("failed" in row for row in table) == 1
+
+
+@pytest.mark.slow
+def test_cli_bad_input_is_a_message_not_a_traceback(tmp_path):
+    result = _cli(["budget.tokens=lots", "optim.lr=fast"], tmp_path)
+    out = result.stdout + result.stderr
+    assert result.returncode == 2
+    assert "budget.tokens='lots'" in out and "optim.lr='fast'" in out
+    assert "Traceback" not in out
+    assert not list(tmp_path.glob("logs/runs/*/checkpoints"))

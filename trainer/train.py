@@ -307,6 +307,12 @@ def main(cfg: DictConfig) -> float | None:
         summary = train(cfg)
     except Exception as exc:
         _record_failure(Path(cfg.paths.output_dir), exc)
+        if isinstance(exc, ValueError) and _hydra_context()["group"] is None:
+            # Bad input (every validation error is a ValueError naming its key): the message,
+            # not a traceback. In a multirun the exception goes to Hydra, which records the job
+            # as failed and runs the others.
+            log.error("%s", exc)
+            raise SystemExit(2) from None
         raise
     metric = cfg.get("optimized_metric")
     if metric:
