@@ -86,10 +86,15 @@ class TextMixer(StepSampler):
                  domain_weights: Sequence[float] | None = None, temperature: float = 1.0,
                  zipf_exponent: float | None = None, fragment_length: int | None = None,
                  docs_per_window: int | None = None, weights_count: str = "documents",
-                 unique_tokens: int | None = None, seed: int = 0, curriculum: Any = None) -> None:
+                 unique_tokens: int | None = None, heldout_docs_per_domain: int = 4,
+                 seed: int = 0, curriculum: Any = None) -> None:
         super().__init__(seed, curriculum)
         if int(seq_len) < 2:
             raise DataConfigError(f"data.seq_len={seq_len} must be >= 2")
+        if int(heldout_docs_per_domain) < 0:
+            raise DataConfigError(
+                f"data.heldout_docs_per_domain={heldout_docs_per_domain} must be >= 0")
+        self.heldout_docs_per_domain = int(heldout_docs_per_domain)
         if cache_dir is None:
             raise DataConfigError("data.cache_dir must be set: the token store is cached there")
         self.seq_len = int(seq_len)
@@ -177,6 +182,13 @@ class TextMixer(StepSampler):
         counts = np.bincount(self.doc_domain, minlength=n_dom)
         bounds = np.concatenate([[0], np.cumsum(counts)])
         self._domain_docs = [order[bounds[d]:bounds[d + 1]] for d in range(n_dom)]
+        # The last documents of each domain (stores are shuffled) are never trained on: they are
+        # the held-out loss probes. A domain too small to spare them keeps all for training.
+        h = self.heldout_docs_per_domain
+        self._heldout_docs = [docs[-h:] if h and len(docs) > h else docs[:0]
+                              for docs in self._domain_docs]
+        self._domain_docs = [docs[:len(docs) - len(held)]
+                             for docs, held in zip(self._domain_docs, self._heldout_docs)]
         self._domain_tokens = np.array([self.doc_len[d].sum() for d in self._domain_docs],
                                        dtype=np.float64)
 
@@ -416,15 +428,33 @@ class TextMixer(StepSampler):
     # -- probes ------------------------------------------------------------------------------
 
     def probe_sets(self) -> list[ProbeSet]:
-        """The sources' held-out questions as ``answer`` probes: ``answer_positions`` is the
-        position whose target is the first token of the answer; only it has loss mask 1."""
+        """The sources' held-out questions as ``answer`` probes (``answer_positions`` is the
+        position whose target is the first token of the answer; only it has loss mask 1), and
+        per domain a ``loss`` probe ``heldout/<domain>`` on documents training never sees."""
         self._open()
         out = []
         for i, source in enumerate(self.sources):
             names = self._stores[i].domain_names
             for name, questions in source.probe_questions().items():
                 out.append(self._probe_set(name, questions, names, self._domain_offset[i]))
+        for d, docs in enumerate(self._heldout_docs):
+            if len(docs):
+                out.append(self._heldout_set(self.domain_names[d], docs, d))
         return out
+
+    def _heldout_set(self, domain_name: str, docs: np.ndarray, domain: int) -> ProbeSet:
+        """One row per held-out document, from its start; the loss counts its own tokens only."""
+        width = self.seq_len + 1
+        tokens = np.full((len(docs), width), self.tokenizer.eos_id, dtype=np.int64)
+        loss_mask = np.zeros((len(docs), self.seq_len), dtype=np.float32)
+        for j, doc in enumerate(docs):
+            n = int(min(self.doc_len[doc], width))
+            tokens[j, :n] = self._gather(self.doc_store[[doc] * n], self.doc_start[doc] + np.arange(n))
+            loss_mask[j, :n - 1] = 1.0
+        batch = {"input_ids": tokens[:, :-1], "targets": tokens[:, 1:], "loss_mask": loss_mask,
+                 "domain": np.full((len(docs), self.seq_len), domain, dtype=np.int64)}
+        return ProbeSet(f"heldout/{domain_name}", batch, kind="loss",
+                        meta={"documents": [int(x) for x in docs]})
 
     def _probe_set(self, name: str, questions: list, domain_names: list[str], offset: int
                    ) -> ProbeSet:

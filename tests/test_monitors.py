@@ -102,3 +102,24 @@ def test_default_run_shows_the_in_context_jump_only_with_burstiness(tmp_path, p_
     else:
         assert not [e for e in summary["jumps"] if e["series"].startswith("probe/")]
         assert summary["metrics"]["probe/icl/acc"] < 0.3
+
+
+def test_loss_probe_gives_held_out_loss_and_in_context_score():
+    # Rows whose second half repeats the first: a copying oracle is right only late in the
+    # context, so its late loss is far below its early loss.
+    rng = np.random.default_rng(0)
+    half = rng.integers(0, 10, size=(8, 8))
+    ids = np.concatenate([half, half], axis=1)
+    batch = {"input_ids": ids, "targets": np.roll(ids, -1, axis=1),
+             "loss_mask": np.ones(ids.shape, np.float32), "domain": np.zeros_like(ids)}
+
+    class LateCopier(torch.nn.Module):
+        def forward(self, input_ids, item_vectors=None, item_mask=None):
+            logits = torch.zeros((*input_ids.shape, 10))
+            nxt = input_ids.roll(-1, dims=1)
+            logits[:, 8:].scatter_(-1, nxt[:, 8:].unsqueeze(-1), 30.0)
+            return logits
+
+    metrics, n = score_probe(LateCopier(), ProbeSet("h", batch, kind="loss"), torch.device("cpu"), 64)
+    assert n == 8 and metrics["loss"] > 0.5
+    assert metrics["icl_score"] < -1.0

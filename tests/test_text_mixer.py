@@ -189,7 +189,7 @@ def test_curriculum_with_unknown_or_bad_knob_is_refused_up_front(cache):
 
 def test_probes_point_at_the_first_answer_token(cache):
     m = mixer(cache)
-    probes = {p.name: p for p in m.probe_sets()}
+    probes = {p.name: p for p in m.probe_sets() if p.kind == "answer"}
     assert set(probes) == {"world_facts", "world_two_hop"}
     p = probes["world_facts"]
     rows = np.arange(len(p.answer_positions))
@@ -234,3 +234,23 @@ def test_world_yaml_instantiates_a_working_mixer(tmp_path):
     assert isinstance(m, TextMixer) and m.batch(0, 2)["input_ids"].shape == (2, 256)
     hf = OmegaConf.load(CONF / "hf.yaml")
     assert set(hf) - {"source"} == set(cfg.data) - {"source"}
+
+
+def test_heldout_documents_are_never_trained_on_and_probe_each_domain(cache):
+    m = mixer(cache, heldout_docs_per_domain=3)
+    probes = {p.name: p for p in m.probe_sets() if p.kind == "loss"}
+    assert sorted(probes) == sorted(f"heldout/{name}" for name in m.domain_names)
+    heldout = {d for p in probes.values() for d in p.meta["documents"]}
+    assert len(heldout) == 3 * len(m.domain_names)
+    seen = set()
+    for step in range(30):
+        seen |= set(np.unique(m.batch(step, 32)["doc_id"]).tolist())
+    assert not seen & heldout, "a held-out document reached training"
+    probe = next(iter(probes.values()))
+    assert probe.batch["loss_mask"].sum() > 0
+    np.testing.assert_array_equal(probe.batch["targets"][:, :-1], probe.batch["input_ids"][:, 1:])
+
+
+def test_negative_heldout_count_is_named(cache):
+    with pytest.raises(DataConfigError, match="data.heldout_docs_per_domain=-1"):
+        mixer(cache, heldout_docs_per_domain=-1)

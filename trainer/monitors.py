@@ -226,11 +226,14 @@ def score_probe(model, probe: ProbeSet, device: torch.device, max_rows: int) -> 
     target_logp = logp.gather(-1, batch["targets"].unsqueeze(-1)).squeeze(-1)
     mask = batch["loss_mask"].float()
     out = {"loss": -(target_logp * mask).sum().item() / max(mask.sum().item(), 1.0)}
+    # In-context score (Olsson et al. 2022): loss late in the context minus loss early in it, over
+    # the counted positions (held-out documents may end before the window does).
     T = mask.shape[1]
-    if T >= 8:  # in-context score (Olsson et al. 2022): late loss minus early loss
-        early, late = slice(0, T // 8 + 1), slice(T - T // 8 - 1, T)
-        loss_at = lambda s: -(target_logp[:, s] * mask[:, s]).sum() / mask[:, s].sum().clamp_min(1)  # noqa: E731
-        out["icl_score"] = (loss_at(late) - loss_at(early)).item()
+    early, late = mask[:, : T // 8 + 1], mask[:, T // 2 :]
+    if T >= 8 and early.sum() > 0 and late.sum() > 0:
+        late_loss = -(target_logp[:, T // 2 :] * late).sum() / late.sum()
+        early_loss = -(target_logp[:, : T // 8 + 1] * early).sum() / early.sum()
+        out["icl_score"] = (late_loss - early_loss).item()
     return out, n
 
 
