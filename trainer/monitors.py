@@ -105,7 +105,7 @@ def _forward(model, batch: dict[str, torch.Tensor], **kwargs):
 class JumpWatch(L.Callback):
     """Owns the jump detector; the other monitors report their series to it via :meth:`observe`."""
 
-    def __init__(self, min_history: int = 8, z_confirm: float = 3.5, min_rel_size: float = 0.02,
+    def __init__(self, min_history: int = 6, z_confirm: float = 3.5, min_rel_size: float = 0.02,
                  watch_prefixes: tuple[str, ...] = ("probe/", "topo/")) -> None:
         self.detector = JumpDetector(min_history=min_history, z_confirm=z_confirm,
                                      min_rel_size=min_rel_size)
