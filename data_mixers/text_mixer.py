@@ -48,8 +48,6 @@ from data_mixers.token_store import TextSource, TokenStore, open_or_build
 from data_mixers.tokenizer import build_tokenizer, token_index_at, tokenizer_vocab_size
 
 SOURCES = {"world": WorldSource, "hf": HFSource}
-KNOBS = ("domains", "n_domains_active", "domain_weights", "temperature", "zipf_exponent",
-         "fragment_length", "docs_per_window", "weights_count", "unique_tokens")
 INTEGER_KNOBS = ("n_domains_active", "fragment_length", "docs_per_window", "unique_tokens")
 WEIGHTS_COUNT = ("documents", "rows")
 PLAN_CACHE_SIZE = 32

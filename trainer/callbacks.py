@@ -67,16 +67,14 @@ class RunSummary(L.Callback):
         throughput = next((c for c in trainer.callbacks if isinstance(c, Throughput)), None)
         watch = next((c for c in trainer.callbacks if isinstance(c, JumpWatch)), None)
         metrics = {k: _to_float(v) for k, v in sorted(trainer.callback_metrics.items())}
-        tokens_per_step = self.static["tokens_per_step"]
         summary = {
             "status": status,
             "error": error,
             "run_dir": str(self.run_dir.resolve()),
-            **{k: v for k, v in self.static.items() if k not in ("tokens_per_step",)},
+            **self.static,
             "metrics": metrics,
             "steps": trainer.global_step,
-            "tokens_per_step": tokens_per_step,
-            "tokens_seen": trainer.global_step * tokens_per_step,
+            "tokens_seen": trainer.global_step * self.static["tokens_per_step"],
             "tokens_per_s": throughput.tokens_per_s if throughput else None,
             "wall_time_s": round(time.time() - self.t_start, 3),
             "jumps": watch.events() if watch else [],
