@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from trainer.jumps import JumpDetector
+from trainer.measures.jumps import JumpDetector
 
 EVAL_EVERY = 100
 

@@ -12,7 +12,7 @@ from omegaconf import OmegaConf
 from data_mixers.base import DataConfigError
 from data_mixers.curriculum import Ramp, Stages
 from data_mixers.diversity import DiversityMeter
-from data_mixers.sources.bursty_classes import BurstyClasses
+from data_mixers.samplers.bursty_classes import BurstyClasses
 
 CONF = Path(__file__).resolve().parent.parent / "conf"
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from trainer.jumps import JumpDetector, JumpEvent, lead_lag
+from trainer.measures.jumps import JumpDetector, JumpEvent, lead_lag
 
 EVAL_EVERY = 100
 REPO = Path(__file__).resolve().parent.parent

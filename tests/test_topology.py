@@ -7,7 +7,7 @@ import pytest
 import torch
 from scipy.spatial.distance import pdist, squareform
 
-from trainer.topology import (
+from trainer.measures.topology import (
     attention_metrics,
     estimate_llc,
     h0_persistence,

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from data_mixers.sources.modular_arithmetic import ModularArithmetic
+from data_mixers.samplers.modular_arithmetic import ModularArithmetic
 from tests.conftest import REPO, compose_cfg
 from trainer.train import train
 
@@ -57,7 +57,7 @@ def test_cpu_run_writes_the_run_contract_and_learns(tmp_path, tiny_overrides):
     assert sum(last) < 0.7 * sum(first), "the model should fit the training pairs"
     assert read_series(run, "train/tokens_seen")[399] == 25600
     # 400 is no multiple of checkpoint_every_n_steps: the final weights are saved all the same.
-    assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)["global_step"] == 400
+    assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 400
 
 
 def test_resume_gives_the_same_curves(tmp_path, tiny_overrides):

@@ -32,8 +32,8 @@ import torch.nn.functional as F
 
 from data_mixers.base import ProbeSet, StepSampler
 from data_mixers.diversity import DiversityMeter
-from trainer import topology
-from trainer.jumps import JumpDetector, lead_lag
+from trainer.measures import topology
+from trainer.measures.jumps import JumpDetector, lead_lag
 
 log = logging.getLogger("emergence_lab")
 

@@ -145,11 +145,14 @@ def train(cfg: DictConfig, callbacks: list | None = None) -> dict[str, Any]:
 
     resume_step = None
     if ckpt is not None:
+        # weights_only: a checkpoint is data, never code. The lab's own checkpoints hold only
+        # tensors and plain containers; a pickle that asks for anything else (a crafted file that
+        # would run a command on load) is refused here, before Lightning opens it.
         try:
             resume_step = int(
-                torch.load(ckpt, map_location="cpu", weights_only=False, mmap=True)["global_step"]
+                torch.load(ckpt, map_location="cpu", weights_only=True, mmap=True)["global_step"]
             )
-        except Exception as exc:  # a truncated or foreign file: say which, before training
+        except Exception as exc:  # a truncated, foreign or unsafe file: say which, before training
             raise ConfigError(f"ckpt_path={cfg.ckpt_path!r}: cannot read {ckpt}: {exc}") from exc
 
     context = _hydra_context()
@@ -210,7 +213,12 @@ def train(cfg: DictConfig, callbacks: list | None = None) -> dict[str, Any]:
             cfg.budget.tokens,
         )
     try:
-        pl_trainer.fit(module, datamodule=datamodule, ckpt_path=str(ckpt) if ckpt else None)
+        pl_trainer.fit(
+            module,
+            datamodule=datamodule,
+            ckpt_path=str(ckpt) if ckpt else None,
+            weights_only=True,
+        )
     finally:
         _finish_wandb(failed=pl_trainer.state.status.value != "finished")
     if not pl_trainer.is_global_zero:
