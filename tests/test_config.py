@@ -1,5 +1,6 @@
 """Every config group option and every experiment composes and instantiates; bad input is named."""
 
+import csv
 from pathlib import Path
 
 import pytest
@@ -78,6 +79,17 @@ def test_warmup_longer_than_the_run_is_named(tmp_path, tiny_overrides):
     cfg = compose_cfg([*tiny_overrides, "optim.warmup_steps=50"], tmp_path / "run")
     with pytest.raises(ConfigError, match="optim.warmup_steps=50 is not shorter than the run"):
         train(cfg)
+
+
+def test_the_default_warmup_fits_a_short_run(tmp_path, tiny_overrides):
+    # A 20-step run with the default warmup (null: 50 steps, or 10% of a shorter run) trains.
+    overrides = [o for o in tiny_overrides if not o.startswith("optim.warmup_steps")]
+    summary = train(compose_cfg([*overrides, "optim.warmup_steps=null"], tmp_path / "run"))
+    assert summary["status"] == "completed" and summary["steps"] == 20
+    lr = [float(r["train/lr"]) for r in csv.DictReader(open(tmp_path / "run/csv/metrics.csv"))
+          if r.get("train/lr")]
+    # Two warmup steps (10% of 20): half the peak, then the peak.
+    assert lr[0] == pytest.approx(max(lr) / 2) and lr[1] == max(lr)
 
 
 def test_global_batch_must_split_over_processes(tmp_path, tiny_overrides):

@@ -111,3 +111,25 @@ def test_config_errors_name_key_file_and_column(files, tmp_path):
         HFSource()
     with pytest.raises(DataConfigError, match=r"data\.source\.path='no/such-dataset'"):
         list(HFSource(path="no/such-dataset").documents())
+
+
+def test_store_builds_quietly_off_a_terminal_and_verify_rehashes(files, tmp_path, capsys,
+                                                                 monkeypatch):
+    from data_mixers import token_store
+
+    def mixer(**kwargs):
+        spec = {"kind": "hf", "data_files": files["per_topic"], "text_column": "body",
+                "load_kwargs": files["cache"]}
+        m = TextMixer(source=spec, seq_len=32, cache_dir=tmp_path, **kwargs)
+        m.prepare()
+        return m
+
+    mixer()
+    err = capsys.readouterr().err
+    assert "Generating" not in err and "token store" not in err, err
+    hashed = []
+    real = token_store._sha256
+    monkeypatch.setattr(token_store, "_sha256", lambda path: hashed.append(path.name) or real(path))
+    assert mixer().describe()["documents"] == 30 and hashed == []
+    mixer(verify=True)
+    assert "tokens.bin" in hashed

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,16 @@ class RunCheckpoint(ModelCheckpoint):
         super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
         if trainer.global_step == trainer.max_steps and self._last_global_step_saved != trainer.global_step:
             self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+
+    def _save_checkpoint(self, trainer, filepath: str) -> None:
+        """Written to ``<name>.tmp`` and renamed: a kill during the write leaves the previous
+        checkpoint whole, so the run can still be resumed (Lightning writes in place)."""
+        tmp = filepath + ".tmp"
+        super()._save_checkpoint(trainer, tmp)
+        if trainer.is_global_zero and os.path.isfile(tmp):
+            os.replace(tmp, filepath)
+        trainer.strategy.barrier("RunCheckpoint.rename")
+        self._last_checkpoint_saved = filepath
 
 
 class Throughput(L.Callback):
@@ -51,10 +62,19 @@ class RunSummary(L.Callback):
     rank 0 at the end of fit or on an exception, inside the training process, so it is right under
     every strategy (spawned DDP workers included)."""
 
-    def __init__(self, run_dir: str, static: dict[str, Any]) -> None:
+    def __init__(self, run_dir: str, static: dict[str, Any], identity: dict[str, Any] | None = None) -> None:
         self.run_dir = Path(run_dir)
         self.static = static
+        self.identity = identity or {}
         self.t_start = time.time()
+
+    def state_dict(self) -> dict[str, Any]:
+        """Saved in every checkpoint: the config its weights belong to, which a resume compares
+        with its own before anything is written (``trainer.train``)."""
+        return {"identity": self.identity}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Nothing to restore: the identity was compared before fit began."""
 
     def setup(self, trainer, pl_module, stage: str) -> None:
         if trainer.is_global_zero:

@@ -2,68 +2,34 @@
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
+
+from trainer.schema import KNOBS, check_knobs
 
 
 class ConfigError(ValueError):
     """The configuration cannot run; raised before training starts."""
 
 
-# key -> (accepted types, description). ``None`` in the types means null is allowed.
-SCHEMA: dict[str, tuple[tuple, str]] = {
-    "task_name": ((str,), "a name"),
-    "seed": ((int,), "an integer"),
-    "budget.tokens": ((int,), "a positive integer (tokens)"),
-    "batch.global_size": ((int,), "a positive integer (sequences per optimizer step)"),
-    "optim.lr": ((float, int), "a positive number"),
-    "optim.weight_decay": ((float, int), "a number >= 0"),
-    "optim.warmup_steps": ((int,), "an integer >= 0"),
-    "optim.min_lr_ratio": ((float, int), "a number in [0, 1]"),
-    "optim.grad_clip": ((float, int, type(None)), "a positive number or null"),
-    "compile": ((bool,), "true or false"),
-    "threads": ((int, type(None)), "a positive integer or null"),
-    "num_workers": ((int,), "an integer >= 0"),
-    "log_every_n_steps": ((int,), "a positive integer"),
-    "checkpoint_every_n_steps": ((int,), "a positive integer"),
-    "ckpt_path": ((str, type(None)), "null, 'last' or a checkpoint path"),
-    "optimized_metric": ((str, type(None)), "a metric name or null"),
+# Top-level keys: the trainer's knobs (trainer.schema) and the groups composed from conf/.
+TOP_LEVEL = {knob.key.split(".")[0] for knob in KNOBS if not knob.key.startswith(("model.", "callbacks."))} | {
+    "paths", "model", "data", "curriculum", "callbacks", "pl", "logger", "progress", "tags",
 }
-TOP_LEVEL = {key.split(".")[0] for key in SCHEMA} | {
-    "paths",
-    "model",
-    "data",
-    "curriculum",
-    "callbacks",
-    "pl",
-    "logger",
-    "progress",
-    "tags",
-}
-# Groups whose every key is in SCHEMA (plus these): a typo inside them is an error too.
-CLOSED_GROUPS = {"budget": set(), "batch": set(), "optim": {"betas"}}
 GROUPS_WITH_TARGET = ("model", "data")
 
 
 def validate(cfg: DictConfig) -> None:
-    problems: list[str] = []
-    unknown = sorted(set(cfg.keys()) - TOP_LEVEL)
-    problems += [f"unknown config key '{key}'" for key in unknown]
-    for group, extra in CLOSED_GROUPS.items():
-        node = cfg.get(group)
-        if isinstance(node, DictConfig):
-            known = {k.split(".", 1)[1] for k in SCHEMA if k.startswith(group + ".")} | extra
-            problems += [f"unknown config key '{group}.{key}'" for key in sorted(set(node) - known)]
-    for key, (types, what) in SCHEMA.items():
-        value = OmegaConf.select(cfg, key, default="<missing>")
-        if value == "<missing>":
-            problems.append(f"{key} is missing (expected {what})")
-        elif not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
-            problems.append(f"{key}={value!r} must be {what}")
-    if not problems:
-        problems += _check_ranges(cfg)
+    """Every knob of ``trainer.schema`` (type and range), unknown keys, the components' keys
+    against what they take, and ``optimized_metric`` against the series the run logs: all
+    problems at once, each naming its key."""
+    problems: list[str] = [f"unknown config key '{key}'" for key in sorted(set(cfg.keys()) - TOP_LEVEL)]
+    problems += check_knobs(cfg)
+    problems += _check_targets(cfg)
+    problems += _check_metric_prefix(cfg)
     for group in GROUPS_WITH_TARGET:
         node = cfg.get(group)
         if not isinstance(node, DictConfig) or "_target_" not in node:
@@ -74,28 +40,92 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError("invalid configuration:\n  - " + "\n  - ".join(problems))
 
 
-def _check_ranges(cfg: DictConfig) -> list[str]:
-    checks: list[tuple[bool, str]] = [
-        (cfg.budget.tokens > 0, f"budget.tokens={cfg.budget.tokens} must be > 0"),
-        (cfg.batch.global_size > 0, f"batch.global_size={cfg.batch.global_size} must be > 0"),
-        (cfg.optim.lr > 0, f"optim.lr={cfg.optim.lr} must be > 0"),
-        (cfg.optim.weight_decay >= 0, f"optim.weight_decay={cfg.optim.weight_decay} must be >= 0"),
-        (cfg.optim.warmup_steps >= 0, f"optim.warmup_steps={cfg.optim.warmup_steps} must be >= 0"),
-        (cfg.optim.grad_clip is None or cfg.optim.grad_clip > 0,
-         f"optim.grad_clip={cfg.optim.grad_clip} must be > 0 or null"),
-        (
-            0 <= cfg.optim.min_lr_ratio <= 1,
-            f"optim.min_lr_ratio={cfg.optim.min_lr_ratio} must lie in [0, 1]",
-        ),
-        (cfg.threads is None or cfg.threads > 0, f"threads={cfg.threads} must be > 0 or null"),
-        (cfg.num_workers >= 0, f"num_workers={cfg.num_workers} must be >= 0"),
-        (cfg.log_every_n_steps > 0, f"log_every_n_steps={cfg.log_every_n_steps} must be > 0"),
-        (
-            cfg.checkpoint_every_n_steps > 0,
-            f"checkpoint_every_n_steps={cfg.checkpoint_every_n_steps} must be > 0",
-        ),
-    ]
-    return [message for ok, message in checks if not ok]
+# Keys Hydra's instantiate consumes itself; never passed to the target.
+_HYDRA_KEYS = {"_target_", "_convert_", "_recursive_", "_partial_", "_args_"}
+
+
+def _target_nodes(cfg: DictConfig):
+    """(config key, node) of every component built from a ``_target_``."""
+    for group in ("model", "data", "curriculum", "progress"):
+        node = cfg.get(group)
+        if isinstance(node, DictConfig) and "_target_" in node:
+            yield group, node
+    for group in ("callbacks", "logger"):
+        for name, node in (cfg.get(group) or {}).items():
+            if isinstance(node, DictConfig) and "_target_" in node:
+                yield f"{group}.{name}", node
+
+
+def _check_targets(cfg: DictConfig) -> list[str]:
+    """Keys the built component does not take (``+data.bogus=1``), found from its signature
+    instead of a TypeError deep inside instantiate. Targets taking ``**kwargs`` check themselves."""
+    from hydra.utils import get_object
+
+    problems = []
+    for where, node in _target_nodes(cfg):
+        try:
+            target = get_object(node._target_)
+        except Exception as exc:  # an ImportError or a typo in the path
+            problems.append(f"{where}._target_={node._target_!r} cannot be imported: {exc}")
+            continue
+        try:
+            params = inspect.signature(target).parameters
+        except (TypeError, ValueError):
+            continue
+        if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+            continue
+        for key in sorted(set(node) - _HYDRA_KEYS - set(params)):
+            takes = ", ".join(k for k in params if k != "self")
+            problems.append(f"unknown config key '{where}.{key}' ({node._target_} takes: {takes})")
+    return problems
+
+
+# The series a run logs, by prefix, and the callback (callbacks.<name>) that logs each; train/
+# series come from the module itself.
+TRAIN_SERIES = ("train/loss", "train/lr", "train/tokens_seen", "train/tokens_per_s")
+SERIES_SOURCE = {
+    "probe/": "CapabilityProbes", "topo/": "TopologyProbe", "data/": "DataMeter",
+    "curriculum/": "DataMeter",
+}
+
+
+def _check_metric_prefix(cfg: DictConfig) -> list[str]:
+    """``optimized_metric`` must be a series this run logs: known before training, not after it."""
+    metric = cfg.get("optimized_metric")
+    if not isinstance(metric, str):
+        return []
+    if metric in TRAIN_SERIES:
+        return []
+    logging_classes = {
+        str(node._target_).rsplit(".", 1)[-1]
+        for where, node in _target_nodes(cfg) if where.startswith("callbacks.")
+    }
+    for prefix, source in SERIES_SOURCE.items():
+        if metric.startswith(prefix) and len(metric) > len(prefix):
+            if source in logging_classes:
+                return []
+            return [f"optimized_metric={metric!r}: {prefix}... series come from {source}, which "
+                    f"this run does not have (callbacks)"]
+    return [f"optimized_metric={metric!r} is not a series this run logs: use one of "
+            f"{', '.join(TRAIN_SERIES)} or a probe/<set>/<metric>, topo/..., data/... or "
+            f"curriculum/... series (see summary.json 'metrics' of a run)"]
+
+
+def check_metric_logged(metric: str | None, probe_sets: list[str]) -> None:
+    """The probe set named in ``optimized_metric=probe/<set>/...`` must be one the data offers."""
+    if metric and metric.startswith("probe/") and metric.split("/")[1] not in probe_sets:
+        raise ConfigError(f"optimized_metric={metric!r}: this data has no probe set "
+                          f"{metric.split('/')[1]!r} (it has: {', '.join(probe_sets)})")
+
+
+# The parts of the config a checkpoint's weights and data position depend on: a resume with any
+# of them changed would silently continue another experiment.
+IDENTITY_KEYS = ("model", "data", "curriculum", "batch", "optim")
+
+
+def run_identity(cfg: DictConfig) -> dict[str, Any]:
+    plain = to_plain(cfg)
+    return {key: plain.get(key) for key in IDENTITY_KEYS}
 
 
 def steps_from_budget(budget_tokens: int, global_batch: int, seq_len: int) -> int:
@@ -110,9 +140,11 @@ def steps_from_budget(budget_tokens: int, global_batch: int, seq_len: int) -> in
     return steps
 
 
-def resolve_checkpoint(ckpt_path: str | None, run_dir: Path) -> Path | None:
+def resolve_checkpoint(ckpt_path: str | None, run_dir: Path, multirun: bool = False) -> Path | None:
     """``null``: a fresh run (refused if the run dir already holds a checkpoint, which it would
-    overwrite); ``last``: this run dir's last checkpoint; else a path that must exist."""
+    overwrite); ``last``: this run dir's last checkpoint; else a path that must exist. In a
+    multirun, ``last`` with no checkpoint yet is a fresh start: re-running a sweep with
+    ``ckpt_path=last`` resumes the interrupted jobs and starts the ones never started."""
     last = run_dir / "checkpoints" / "last.ckpt"
     if ckpt_path is None:
         if last.exists():
@@ -122,6 +154,8 @@ def resolve_checkpoint(ckpt_path: str | None, run_dir: Path) -> Path | None:
             )
         return None
     path = last if ckpt_path == "last" else Path(ckpt_path)
+    if ckpt_path == "last" and multirun and not path.exists():
+        return None
     if not path.is_file():
         raise ConfigError(f"ckpt_path={ckpt_path!r}: no checkpoint at {path}")
     return path

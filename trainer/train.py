@@ -17,9 +17,22 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from trainer.config import ConfigError, resolve_checkpoint, steps_from_budget, to_plain, validate
+from trainer.config import (
+    ConfigError,
+    check_metric_logged,
+    resolve_checkpoint,
+    run_identity,
+    steps_from_budget,
+    to_plain,
+    validate,
+)
+from trainer.failures import bad_input_message, record_failure
+from trainer.resume import check_weights_fit, finished_summary, resume_check
+from trainer.runlock import RunLock, is_launcher_process
 
 log = logging.getLogger("emergence_lab")
+# optim.warmup_steps=null: this many steps, or 10% of a shorter run.
+DEFAULT_WARMUP_STEPS = 50
 CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 
 
@@ -81,6 +94,26 @@ def _build(node: DictConfig, **kwargs: Any) -> Any:
         raise
 
 
+def _build_pl_trainer(pl_kwargs: dict, **kwargs: Any) -> Any:
+    """The Lightning Trainer; its refusals (``pl.precision=bogus``, ``pl.accelerator=gpu`` with
+    no GPU, an unknown ``pl.`` key) become a one-line ConfigError naming ``pl``."""
+    from hydra.errors import InstantiationException
+    from hydra.utils import instantiate
+    from lightning.fabric.utilities.exceptions import MisconfigurationException
+
+    try:
+        return instantiate(pl_kwargs, **kwargs)
+    except (InstantiationException, MisconfigurationException, ValueError, TypeError) as exc:
+        cause = exc.__cause__ if isinstance(exc, InstantiationException) and exc.__cause__ else exc
+        if isinstance(cause, ConfigError):
+            raise cause from None
+        message = " ".join(str(cause).split())
+        settings = {**{k: v for k, v in pl_kwargs.items() if k != "_target_"},
+                    "precision": kwargs.get("precision")}
+        named = ", ".join(f"pl.{k}={v}" for k, v in settings.items())
+        raise ConfigError(f"the Lightning Trainer refused {named}: {message}") from None
+
+
 def _precision(cfg: DictConfig) -> str:
     import torch
 
@@ -92,10 +125,25 @@ def _precision(cfg: DictConfig) -> str:
 
 
 def train(cfg: DictConfig, callbacks: list | None = None) -> dict[str, Any]:
-    """Run one training job from a composed config; ``callbacks`` are added to the configured ones."""
+    """Run one training job from a composed config; ``callbacks`` are added to the configured ones.
+
+    The run dir is locked for the whole job (:mod:`trainer.runlock`); a resume is checked against
+    its checkpoint, and a finished run left as it is, before anything is written."""
     validate(cfg)
     run_dir = Path(cfg.paths.output_dir)
-    ckpt = resolve_checkpoint(cfg.ckpt_path, run_dir)
+    lock = RunLock(run_dir) if is_launcher_process() else None
+    if lock is not None:
+        lock.acquire()
+    try:
+        return _train(cfg, run_dir, list(callbacks or []))
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _train(cfg: DictConfig, run_dir: Path, callbacks: list) -> dict[str, Any]:
+    context = _hydra_context()
+    ckpt = resolve_checkpoint(cfg.ckpt_path, run_dir, multirun=context["group"] is not None)
 
     import lightning as L
     import torch
@@ -104,6 +152,7 @@ def train(cfg: DictConfig, callbacks: list | None = None) -> dict[str, Any]:
     from trainer.callbacks import RunSummary, Throughput
     from trainer.data import StepDataModule
     from trainer.module import LitLM
+    from trainer.run_files import write_run_files
 
     _route_lightning_logs()
     warnings.filterwarnings("ignore", message=".*isinstance\\(treespec, LeafSpec\\)")
@@ -111,18 +160,42 @@ def train(cfg: DictConfig, callbacks: list | None = None) -> dict[str, Any]:
     warnings.filterwarnings("ignore", message="You have overridden `transfer_batch_to_device`")
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
+        # numpy's BLAS (the monitors' eigenvalues and distances) keeps its own pool: left at one
+        # thread per core it spin-waits against torch on a busy CPU (a 256x256 eigvalsh measured
+        # 2 ms at 1 thread, 1.5 s at 2 on a loaded 2-core box).
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(cfg.threads, user_api="blas")
     L.seed_everything(cfg.seed, workers=True, verbose=False)
 
     curriculum = _build(cfg.curriculum) if cfg.get("curriculum") else None
+    # Constructing the sampler is cheap and fixes seq_len; prepare() below builds the token store,
+    # so every check that needs only the config comes first.
     sampler = _build(cfg.data, curriculum=curriculum)
-    sampler.prepare()  # caches built (or found) and data-dependent settings checked, before training
     tokens_per_step = cfg.batch.global_size * sampler.seq_len
     total_steps = steps_from_budget(cfg.budget.tokens, cfg.batch.global_size, sampler.seq_len)
-    if cfg.optim.warmup_steps >= total_steps:
+    warmup_steps = cfg.optim.warmup_steps
+    if warmup_steps is None:  # the default: short runs (smoke tests, pilots) warm up for 10%
+        warmup_steps = min(DEFAULT_WARMUP_STEPS, total_steps // 10)
+    elif warmup_steps >= total_steps:
         raise ConfigError(
-            f"optim.warmup_steps={cfg.optim.warmup_steps} is not shorter than the run "
+            f"optim.warmup_steps={warmup_steps} is not shorter than the run "
             f"({total_steps} steps from budget.tokens={cfg.budget.tokens})"
         )
+    identity = run_identity(cfg)
+    saved = resume_check(ckpt, cfg.ckpt_path, identity) if ckpt is not None else None
+    if saved is not None:
+        finished = finished_summary(run_dir, saved["global_step"], total_steps)
+        if finished is not None:
+            log.info(
+                "run dir %s holds a completed run (%d steps, budget.tokens=%s): nothing to do, "
+                "nothing changed; raise budget.tokens to extend it",
+                run_dir.resolve(), finished["steps"], finished.get("budget_tokens"),
+            )
+            return finished
+    sampler.prepare()  # caches built (or found) and data-dependent settings checked, before training
+    if str(cfg.get("optimized_metric") or "").startswith("probe/"):
+        check_metric_logged(cfg.optimized_metric, [p.name for p in sampler.probe_sets()])
     model = _build(
         cfg.model,
         vocab_size=sampler.vocab_size,
@@ -137,30 +210,23 @@ def train(cfg: DictConfig, callbacks: list | None = None) -> dict[str, Any]:
         lr=optim.lr,
         weight_decay=optim.weight_decay,
         betas=tuple(optim.betas),
-        warmup_steps=optim.warmup_steps,
+        warmup_steps=warmup_steps,
         min_lr_ratio=optim.min_lr_ratio,
         compile=cfg.compile,
     )
     datamodule = StepDataModule(sampler, cfg.batch.global_size, total_steps, cfg.num_workers)
-
     resume_step = None
-    if ckpt is not None:
-        # weights_only: a checkpoint is data, never code. The lab's own checkpoints hold only
-        # tensors and plain containers; a pickle that asks for anything else (a crafted file that
-        # would run a command on load) is refused here, before Lightning opens it.
-        try:
-            resume_step = int(
-                torch.load(ckpt, map_location="cpu", weights_only=True, mmap=True)["global_step"]
-            )
-        except Exception as exc:  # a truncated, foreign or unsafe file: say which, before training
-            raise ConfigError(f"ckpt_path={cfg.ckpt_path!r}: cannot read {ckpt}: {exc}") from exc
+    if saved is not None:
+        check_weights_fit(saved, module.state_dict(), cfg.ckpt_path)
+        resume_step = saved["global_step"]
 
-    context = _hydra_context()
     run_dir.mkdir(parents=True, exist_ok=True)
     hydra_dir = run_dir / ".hydra"
     if not (hydra_dir / "config.yaml").exists():  # the compose API (tests, notebooks) writes none
         hydra_dir.mkdir(exist_ok=True)
         OmegaConf.save(cfg, hydra_dir / "config.yaml")
+    # model.json, the tokenizer or vocabulary, probe rows: the run dir alone rebuilds the model.
+    write_run_files(run_dir, sampler, model)
     summary_cb = RunSummary(
         str(run_dir),
         static={
@@ -175,6 +241,7 @@ def train(cfg: DictConfig, callbacks: list | None = None) -> dict[str, Any]:
             "resumed_from_step": resume_step,
             "config": to_plain(cfg),
         },
+        identity=identity,
     )
     all_callbacks = [
         instantiate(node)
@@ -184,11 +251,11 @@ def train(cfg: DictConfig, callbacks: list | None = None) -> dict[str, Any]:
     if cfg.get("progress") and "_target_" in cfg.progress:
         all_callbacks.append(instantiate(cfg.progress))
     all_callbacks += [Throughput(tokens_per_step, cfg.log_every_n_steps), summary_cb]
-    all_callbacks += list(callbacks or [])
+    all_callbacks += callbacks
     loggers = _build_loggers(cfg, resume_step, context, tokens_per_step)
 
     pl_kwargs = {k: v for k, v in to_plain(cfg.pl).items() if k not in ("precision",)}
-    pl_trainer = instantiate(
+    pl_trainer = _build_pl_trainer(
         pl_kwargs,
         precision=_precision(cfg),
         max_steps=total_steps,
@@ -288,38 +355,23 @@ def _finish_wandb(failed: bool) -> None:
         sys.modules["wandb"].finish(exit_code=1 if failed else 0)
 
 
-def _record_failure(run_dir: Path, exc: Exception) -> None:
-    """A job that failed before training still leaves a summary, so a sweep's table lists it;
-    a summary already there (a finished run, or one written by the training process) is kept."""
-    from trainer.run_info import write_json
-
-    path = run_dir / "summary.json"
-    if run_dir.is_dir() and not path.exists():
-        write_json(
-            path,
-            {
-                "status": "failed",
-                "error": f"{type(exc).__name__}: {exc}",
-                "run_dir": str(run_dir.resolve()),
-                "overrides": _hydra_context()["overrides"],
-                "metrics": {},
-                "jumps": [],
-            },
-        )
+_task_started = False
 
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="train")
-def main(cfg: DictConfig) -> float | None:
+def _hydra_main(cfg: DictConfig) -> float | None:
+    global _task_started
+    _task_started = True
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     try:
         summary = train(cfg)
     except Exception as exc:
-        _record_failure(Path(cfg.paths.output_dir), exc)
-        if isinstance(exc, ValueError) and _hydra_context()["group"] is None:
-            # Bad input (every validation error is a ValueError naming its key): the message,
-            # not a traceback. In a multirun the exception goes to Hydra, which records the job
-            # as failed and runs the others.
-            log.error("%s", exc)
+        record_failure(cfg, exc, _hydra_context()["overrides"])
+        message = bad_input_message(exc)
+        if message is not None and _hydra_context()["group"] is None:
+            # Bad input: the message, not a traceback. In a multirun the exception goes to
+            # Hydra, which records the job as failed and runs the others.
+            log.error("%s", message)
             raise SystemExit(2) from None
         raise
     metric = cfg.get("optimized_metric")
@@ -331,6 +383,31 @@ def main(cfg: DictConfig) -> float | None:
             )
         return summary["metrics"][metric]
     return None
+
+
+def main() -> None:
+    """``elab-train``. Exit codes: 0 done (or nothing to do), 2 bad input -- a config Hydra cannot
+    compose, a value the checks refuse, a busy or unwritable run dir, a checkpoint that does not
+    fit -- always before training, with one message and no traceback; 1 anything else."""
+    import sys
+    import traceback
+
+    if os.environ.get("HYDRA_FULL_ERROR") == "1":  # the user asked for Hydra's own reporting
+        _hydra_main()
+        return
+    # Hydra re-raises instead of printing its own (partial) traceback: we report instead.
+    os.environ["HYDRA_FULL_ERROR"] = "1"
+    try:
+        _hydra_main()
+    except Exception as exc:
+        if _task_started:  # a failure inside training: a bug or a crash, with its traceback
+            traceback.print_exc()
+            raise SystemExit(1) from None
+        # Hydra refused the command line or the config, or could not create the run dir.
+        text = str(exc).split("Config search path")[0]  # Hydra's search path: noise here
+        message = bad_input_message(exc) or " ".join(text.split()) or repr(exc)
+        print(f"error: {message}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 if __name__ == "__main__":

@@ -1,0 +1,54 @@
+"""What a job that fails before or while starting leaves behind and prints: a failed summary (so a
+sweep's table lists the job) and, for bad input, one line instead of a traceback."""
+
+from __future__ import annotations
+
+import errno
+from pathlib import Path
+
+from omegaconf import DictConfig
+
+from trainer.run_info import write_json
+from trainer.runlock import RunDirBusy
+
+
+def record_failure(cfg: DictConfig, exc: Exception, overrides: list[str]) -> None:
+    """A job that failed before training still leaves a summary, so a sweep's table lists it.
+    Nothing is written into a run dir that holds a run already (a finished one, a checkpoint to
+    resume, another process's lock) or that cannot be written."""
+    run_dir = Path(cfg.paths.output_dir)
+    path = run_dir / "summary.json"
+    holds_run = (run_dir / "checkpoints" / "last.ckpt").exists() or path.exists()
+    if isinstance(exc, RunDirBusy) or holds_run or cfg.get("ckpt_path") not in (None, "last"):
+        return
+    if not run_dir.is_dir():
+        return
+    try:
+        write_json(
+            path,
+            {
+                "status": "failed",
+                "error": f"{type(exc).__name__}: {exc}",
+                "run_dir": str(run_dir.resolve()),
+                "overrides": overrides,
+                "metrics": {},
+                "jumps": [],
+            },
+        )
+    except OSError:
+        pass  # a read-only run dir: the error message says so
+
+
+def bad_input_message(exc: BaseException) -> str | None:
+    """The one line to print for an error the user's input caused (a ValueError naming its key,
+    a run or cache dir that cannot be written), or None for a bug, which keeps its traceback."""
+    if isinstance(exc, ValueError):
+        return str(exc)
+    if isinstance(exc, OSError) and exc.filename and exc.errno in _PATH_ERRORS:
+        return (f"{exc.filename}: {exc.strerror} (check hydra.run.dir or ELAB_LOG_DIR, "
+                f"paths.cache_dir or ELAB_CACHE_DIR, and any data path given)")
+    return None
+
+
+# A path the user chose cannot be made or written (read-only, missing parent, not a directory).
+_PATH_ERRORS = (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOENT, errno.ENOTDIR, errno.ENOSPC)
