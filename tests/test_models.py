@@ -92,3 +92,153 @@ def test_masked_loss_counts_only_masked_positions():
     assert only_middle.item() < 1e-3
     everywhere = masked_cross_entropy(logits, targets, torch.ones(1, 3))
     assert everywhere.item() > 0.5
+
+
+# --- fast ops, generation, sizes -----------------------------------------------------------
+
+
+def test_fast_rope_and_swiglu_equal_the_plain_formulas_in_value_and_gradient():
+    from trainer.models.ops import _RotaryQKV, _SwiGLU, rope_reference
+
+    torch.manual_seed(0)
+    qkv = torch.randn(2, 5, 3, 2, 8, dtype=torch.float64, requires_grad=True)
+    angles = torch.rand(5, 4, dtype=torch.float64) * 6
+    cos, sin = angles.cos(), angles.sin()
+    assert torch.autograd.gradcheck(lambda t: _RotaryQKV.apply(t, cos, sin), (qkv,))
+    q, k, v = _RotaryQKV.apply(qkv, cos, sin)
+    ref_q, ref_k, ref_v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
+    torch.testing.assert_close(q, rope_reference(ref_q, cos, sin))
+    torch.testing.assert_close(k, rope_reference(ref_k, cos, sin))
+    torch.testing.assert_close(v, ref_v)
+    h = torch.randn(3, 4, 10, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(_SwiGLU.apply, (h,))
+    gate, value = h.chunk(2, dim=-1)
+    torch.testing.assert_close(_SwiGLU.apply(h), torch.nn.functional.silu(gate) * value)
+
+
+@pytest.mark.parametrize("cls", [GPT, AttnOnly, Looped])
+def test_training_gradients_equal_the_explicit_path(cls):
+    """The fast path (SDPA + hand-written backward) trains the same function as the plain one."""
+    torch.manual_seed(0)
+    model = cls(**SMALL).double()
+    x = torch.randint(0, 50, (2, 12))
+    grads = []
+    for explicit in (False, True):
+        model.zero_grad()
+        out = model(x, return_attn=explicit)
+        (out["logits"] if explicit else out).pow(2).mean().backward()
+        grads.append([p.grad.clone() for p in model.parameters()])
+    for fast, plain in zip(*grads):
+        torch.testing.assert_close(fast, plain)
+
+
+@pytest.mark.parametrize("cls", [GPT, AttnOnly, Looped])
+def test_cached_logits_equal_the_full_forward(cls):
+    from trainer.models.generate import KVCache
+
+    torch.manual_seed(0)
+    model = cls(**SMALL).eval()
+    x = torch.randint(0, 50, (2, 14))
+    full = model(x)
+    cache = KVCache(len(model.block_schedule()), model.config.max_seq_len)
+    # A prompt of 5, one token, then 8 at once (the offset mask), as decoding feeds them.
+    parts = [model(x[:, :5], cache=cache), model(x[:, 5:6], cache=cache), model(x[:, 6:], cache=cache)]
+    torch.testing.assert_close(torch.cat(parts, dim=1), full, atol=1e-5, rtol=1e-5)
+    assert cache.pos == 14
+    with pytest.raises(ValueError, match="max_seq_len=24"):
+        model(torch.zeros(2, 11, dtype=torch.long), cache=cache)
+
+
+@pytest.mark.parametrize("cls", [GPT, AttnOnly, Looped])
+def test_generation_with_the_cache_equals_generation_without(cls):
+    torch.manual_seed(0)
+    model = cls(**SMALL)
+    prompt = torch.randint(0, 50, (3, 4))
+    greedy = model.generate(prompt, 30, temperature=0)  # runs past max_seq_len=24: the window slides
+    assert greedy.shape == (3, 34) and torch.equal(greedy[:, :4], prompt)
+    assert torch.equal(greedy, model.generate(prompt, 30, temperature=0, use_cache=False))
+    assert model.training, "generate restores the model's mode"
+    sampled = [model.generate(prompt, 12, temperature=1.3, top_k=5, use_cache=use,
+                              generator=torch.Generator().manual_seed(7)) for use in (True, False)]
+    assert torch.equal(*sampled)
+    assert not torch.equal(sampled[0], model.generate(prompt, 12, temperature=1.3, top_k=5,
+                                                      generator=torch.Generator().manual_seed(8)))
+
+
+def test_greedy_generation_is_the_argmax_and_top_k_limits_the_draws():
+    torch.manual_seed(0)
+    model = GPT(**SMALL).eval()
+    prompt = torch.randint(0, 50, (1, 6))
+    out = model.generate(prompt, 1, temperature=0)
+    assert out[0, -1] == model(prompt)[0, -1].argmax()
+    allowed = set(model(prompt)[0, -1].topk(2).indices.tolist())
+    draws = {int(model.generate(prompt, 1, top_k=2, generator=torch.Generator().manual_seed(s))[0, -1])
+             for s in range(40)}
+    assert draws <= allowed and len(draws) == 2
+
+
+def test_generation_stops_at_eos_and_pads_finished_rows():
+    torch.manual_seed(0)
+    model = GPT(**SMALL).eval()
+    prompt = torch.randint(0, 50, (2, 3))
+    eos = int(model.generate(prompt, 1, temperature=0)[0, -1])  # row 0 emits it at once
+    out = model.generate(prompt, 10, temperature=0, eos_token_id=eos)
+    free = model.generate(prompt, 10, temperature=0)
+    assert torch.all(out[0, 3:] == eos)
+    row1 = free[1, 3:].tolist()
+    if eos in row1:  # row 1 ends too: generation stops there, padded after its eos
+        stop = row1.index(eos) + 1
+        assert out.shape[1] == 3 + stop and out[1, 3:].tolist() == row1[:stop]
+    else:
+        assert out.shape[1] == 13 and torch.equal(out[1], free[1])
+
+
+def test_bad_generate_arguments_name_themselves():
+    model = GPT(**SMALL)
+    prompt = torch.zeros(1, 3, dtype=torch.long)
+    for kwargs, key in [({"temperature": -1.0}, "temperature"), ({"top_k": 0}, "top_k"),
+                        ({"eos_token_id": 50}, "eos_token_id"), ({"max_new_tokens": -2}, "max_new_tokens")]:
+        with pytest.raises(ValueError, match=key):
+            model.generate(prompt, **{"max_new_tokens": 2, **kwargs})
+    with pytest.raises(ValueError, match="input_ids"):
+        model.generate(torch.zeros(3, dtype=torch.long), 2)
+    with pytest.raises(ValueError, match="vocab_size=50"):
+        model.generate(torch.full((1, 2), 50), 2)
+
+
+def test_head_dim_sets_the_number_of_heads_and_a_size_ladder_spans_10x():
+    sizes = []
+    for d in (32, 64, 128, 256):
+        model = GPT(vocab_size=512, max_seq_len=17, d_model=d, n_layer=2, head_dim=16)
+        assert (model.config.n_head, model.config.head_dim) == (d // 16, 16)
+        sizes.append(model.num_params())
+    assert sizes == sorted(sizes) and sizes[-1] >= 10 * sizes[0]
+    with pytest.raises(ValueError, match="model.head_dim=24"):
+        GPT(vocab_size=10, max_seq_len=8, d_model=64, head_dim=24)
+    # model.json round trip: the resolved fields rebuild the same model
+    import dataclasses
+
+    cfg = GPT(vocab_size=10, max_seq_len=8, d_model=64, n_head=4).config
+    assert GPT(**dataclasses.asdict(cfg)).config == cfg
+
+
+def test_mlp_width_rounding_and_flops_follow_the_weights():
+    gpt = GPT(vocab_size=64, max_seq_len=16, d_model=128, n_head=4)
+    assert gpt.config.mlp_hidden == 344 and gpt.blocks[0].mlp.up.weight.shape == (688, 128)
+    assert GPT(vocab_size=64, max_seq_len=16, d_model=128, n_head=4,
+               mlp_multiple_of=1).config.mlp_hidden == 341
+    # 6 x every applied weight matrix (tied head counted as applied) + 12 L d T
+    matrices = sum(p.numel() for p in gpt.blocks.parameters() if p.dim() == 2)
+    assert gpt.flops_per_token(16) == 6 * (matrices + 64 * 128) + 12 * 2 * 128 * 16
+    looped = Looped(vocab_size=64, max_seq_len=16, d_model=128, n_head=4, n_layer=1, n_loops=3)
+    one = sum(p.numel() for p in looped.blocks.parameters() if p.dim() == 2)
+    assert looped.flops_per_token(16) == 6 * (3 * one + 64 * 128) + 12 * 3 * 128 * 16
+
+
+def test_rmsnorm_option_keeps_parameter_names():
+    ln = GPT(**SMALL)
+    rms = GPT(**SMALL, norm="rmsnorm")
+    assert [n for n, _ in ln.named_parameters()] == [n for n, _ in rms.named_parameters()]
+    assert isinstance(rms.blocks[0].norm1, torch.nn.RMSNorm)
+    with pytest.raises(ValueError, match="model.norm='batch'"):
+        GPT(**SMALL, norm="batch")

@@ -7,7 +7,8 @@ continuous items (vectors through a linear projection) at positions chosen by ``
 in-context classification data needs.
 
 ``attn_only`` (no MLPs) and ``looped`` (weight-shared blocks applied K times) are variants of this
-model; see their modules.
+model; see their modules. RoPE and SwiGLU run as the memory-lean autograd functions of ``ops.py``;
+``generate`` (``generate.py``) decodes with a key/value cache.
 """
 
 from __future__ import annotations
@@ -20,7 +21,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from trainer.models.generate import KVCache, generate
+from trainer.models.ops import rotary_qkv, swiglu
+
 MLP_KINDS = ("swiglu", "gelu", "none")
+NORM_KINDS = ("layernorm", "rmsnorm")
 INIT_SCHEMES = ("gpt2", "torch")
 _FIELD_TYPES = {
     "int": (int,),
@@ -46,6 +51,13 @@ class GPTConfig:
     item_dim: int | None = None
     n_loops: int = 1
     init: str = "gpt2"
+    # When set, the width of a head, and the number of heads follows: n_head = d_model / head_dim
+    # (n_head is then ignored). A size sweep over d_model keeps heads the same size this way;
+    # left unset, n_head stays fixed and heads widen with d_model. Resolved in __post_init__:
+    # after construction both fields hold the model's actual values.
+    head_dim: int | None = None
+    norm: str = "layernorm"
+    mlp_multiple_of: int = 8
 
     def __post_init__(self) -> None:
         problems = []
@@ -60,15 +72,33 @@ class GPTConfig:
                 problems.append(f"model.init={self.init!r} is not one of {list(INIT_SCHEMES)}")
             if self.mlp not in MLP_KINDS:
                 problems.append(f"model.mlp={self.mlp!r} is not one of {list(MLP_KINDS)}")
-            if self.d_model % self.n_head:
-                problems.append(
-                    f"model.d_model={self.d_model} is not divisible by model.n_head={self.n_head}"
-                )
-            elif (self.d_model // self.n_head) % 2:
-                problems.append(
-                    f"model.d_model/model.n_head={self.d_model // self.n_head} must be even (RoPE)"
-                )
-            for key in ("vocab_size", "max_seq_len", "n_layer", "n_head", "d_model", "n_loops"):
+            if self.norm not in NORM_KINDS:
+                problems.append(f"model.norm={self.norm!r} is not one of {list(NORM_KINDS)}")
+            elif self.norm == "rmsnorm" and not hasattr(nn, "RMSNorm"):
+                problems.append("model.norm='rmsnorm' needs torch >= 2.4")
+            if self.head_dim is not None:
+                if self.head_dim < 2 or self.head_dim % 2 or self.d_model % self.head_dim:
+                    problems.append(
+                        f"model.head_dim={self.head_dim} must be even (RoPE) and divide "
+                        f"model.d_model={self.d_model}"
+                    )
+                else:
+                    self.n_head = self.d_model // self.head_dim
+            elif self.n_head >= 1:  # (n_head < 1 is reported below with the other sizes)
+                if self.d_model % self.n_head:
+                    problems.append(
+                        f"model.d_model={self.d_model} is not divisible by "
+                        f"model.n_head={self.n_head}"
+                    )
+                elif (self.d_model // self.n_head) % 2:
+                    problems.append(
+                        f"model.d_model/model.n_head={self.d_model // self.n_head} must be even "
+                        "(RoPE)"
+                    )
+                else:
+                    self.head_dim = self.d_model // self.n_head
+            for key in ("vocab_size", "max_seq_len", "n_layer", "n_head", "d_model", "n_loops",
+                        "mlp_multiple_of"):
                 if getattr(self, key) < 1:
                     problems.append(f"model.{key}={getattr(self, key)} must be >= 1")
             if not 0.0 <= self.dropout < 1.0:
@@ -77,27 +107,38 @@ class GPTConfig:
             raise ValueError("invalid model config:\n  " + "\n  ".join(problems))
 
     @property
-    def head_dim(self) -> int:
-        return self.d_model // self.n_head
-
-    @property
     def mlp_hidden(self) -> int:
+        """The MLP's hidden width: mlp_ratio x d_model, times 2/3 for SwiGLU (three matrices
+        instead of two: 2/3 keeps the parameter count of a GELU MLP), then rounded to the nearest
+        multiple of ``mlp_multiple_of``. Why round: a width like 341 (d_model=128) runs the
+        matmuls ~7% slower per FLOP on a CPU than 344 (measured, scripts/bench_model.py), and
+        GPUs want multiples of 8 too. ``mlp_multiple_of=1`` gives the widths of checkpoints
+        written before the rounding (341 for d_model=128)."""
         hidden = int(self.mlp_ratio * self.d_model)
-        # SwiGLU has three matrices instead of two: 2/3 keeps the parameter count of a GELU MLP.
-        return int(2 * hidden / 3) if self.mlp == "swiglu" else hidden
+        if self.mlp == "swiglu":
+            hidden = int(2 * hidden / 3)
+        m = self.mlp_multiple_of
+        return max(m, m * math.floor(hidden / m + 0.5))
 
 
 def rope_tables(seq_len: int, head_dim: int, base: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin [seq_len, head_dim/2] of the angle of frequency i at each position, built once
+    per model (the rotation itself is ``ops.rotary_qkv``)."""
     inv_freq = 1.0 / (base ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
     angles = torch.outer(torch.arange(seq_len, dtype=torch.float32), inv_freq)
     return angles.cos(), angles.sin()
 
 
-def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate pairs (x[..., :h/2], x[..., h/2:]) of a [B, H, T, h] tensor by position."""
-    x1, x2 = x.chunk(2, dim=-1)
-    cos, sin = cos[: x.shape[-2]].to(x.dtype), sin[: x.shape[-2]].to(x.dtype)
-    return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
+def causal_mask(n_query: int, n_key: int, start: int, device: torch.device) -> torch.Tensor:
+    """[n_query, n_key] True where query start+i may attend to key j (j <= start+i)."""
+    rows = torch.arange(start, start + n_query, device=device).unsqueeze(1)
+    return torch.arange(n_key, device=device) <= rows
+
+
+def make_norm(cfg: GPTConfig) -> nn.Module:
+    if cfg.norm == "rmsnorm":
+        return nn.RMSNorm(cfg.d_model, eps=1e-5)
+    return nn.LayerNorm(cfg.d_model, bias=False)
 
 
 class Attention(nn.Module):
@@ -108,20 +149,36 @@ class Attention(nn.Module):
         self.proj = nn.Linear(cfg.d_model, cfg.d_model, bias=False)
 
     def forward(
-        self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, need_weights: bool = False
+        self,
+        x: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        need_weights: bool = False,
+        cache: KVCache | None = None,
+        slot: int = 0,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``cos``/``sin``: the tables of these T tokens' positions. With a ``cache`` the keys and
+        values of earlier tokens come from it and the new ones are stored in ``slot``."""
         B, T, C = x.shape
-        q, k, v = self.qkv(x).view(B, T, 3, self.n_head, self.head_dim).permute(2, 0, 3, 1, 4)
-        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        qkv = self.qkv(x).view(B, T, 3, self.n_head, self.head_dim)
+        q, k, v = rotary_qkv(qkv, cos, sin, plain=need_weights)
+        start = 0
+        if cache is not None:
+            start = cache.pos
+            k, v = cache.append(slot, k, v)
         dropout = self.dropout if self.training else 0.0
         if need_weights:
             scores = (q @ k.transpose(-2, -1)) / math.sqrt(self.head_dim)
-            causal = torch.ones(T, T, dtype=torch.bool, device=x.device).tril()
-            weights = scores.masked_fill(~causal, float("-inf")).softmax(dim=-1)
+            allowed = causal_mask(T, k.shape[-2], start, x.device)
+            weights = scores.masked_fill(~allowed, float("-inf")).softmax(dim=-1)
             y = F.dropout(weights, dropout, self.training) @ v
         else:
             weights = None
-            y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=True)
+            if start == 0:
+                y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=True)
+            else:  # decoding: one new token sees every stored key, several need the offset mask
+                mask = None if T == 1 else causal_mask(T, k.shape[-2], start, x.device)
+                y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)
         return self.proj(y.transpose(1, 2).reshape(B, T, C)), weights
 
 
@@ -133,30 +190,27 @@ class MLP(nn.Module):
         self.up = nn.Linear(cfg.d_model, 2 * width if cfg.mlp == "swiglu" else width, bias=False)
         self.down = nn.Linear(width, cfg.d_model, bias=False)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, plain: bool = False) -> torch.Tensor:
         h = self.up(x)
-        if self.kind == "swiglu":
-            gate, value = h.chunk(2, dim=-1)
-            h = F.silu(gate) * value
-        else:
-            h = F.gelu(h)
+        h = swiglu(h, plain) if self.kind == "swiglu" else F.gelu(h)
         return self.down(h)
 
 
 class Block(nn.Module):
     def __init__(self, cfg: GPTConfig) -> None:
         super().__init__()
-        self.norm1 = nn.LayerNorm(cfg.d_model, bias=False)
+        self.norm1 = make_norm(cfg)
         self.attn = Attention(cfg)
         self.mlp = None if cfg.mlp == "none" else MLP(cfg)
-        self.norm2 = None if self.mlp is None else nn.LayerNorm(cfg.d_model, bias=False)
+        self.norm2 = None if self.mlp is None else make_norm(cfg)
         self.drop = nn.Dropout(cfg.dropout)
 
-    def forward(self, x, cos, sin, need_weights=False):
-        a, weights = self.attn(self.norm1(x), cos, sin, need_weights)
+    def forward(self, x, cos, sin, need_weights=False, cache=None, slot=0):
+        """``need_weights``: the explicit path (attention weights, plain formulas throughout)."""
+        a, weights = self.attn(self.norm1(x), cos, sin, need_weights, cache, slot)
         x = x + self.drop(a)
         if self.mlp is not None:
-            x = x + self.drop(self.mlp(self.norm2(x)))
+            x = x + self.drop(self.mlp(self.norm2(x), plain=need_weights))
         return x, weights
 
 
@@ -180,7 +234,7 @@ class GPT(nn.Module):
         self.item_proj = nn.Linear(cfg.item_dim, cfg.d_model, bias=False) if cfg.item_dim else None
         self.drop = nn.Dropout(cfg.dropout)
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
-        self.norm = nn.LayerNorm(cfg.d_model, bias=False)
+        self.norm = make_norm(cfg)
         self.head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
         if cfg.tie_embeddings:
             self.head.weight = self.tok_emb.weight
@@ -227,22 +281,49 @@ class GPT(nn.Module):
         item_mask: torch.Tensor | None = None,
         return_hidden: bool = False,
         return_attn: bool = False,
+        cache: KVCache | None = None,
     ):
-        T = input_ids.shape[1]
-        if T > self.config.max_seq_len:
+        """Logits [B, T, vocab]. With a ``cache`` (``generate``), ``input_ids`` are the tokens after
+        the ones the cache holds, and the logits are theirs."""
+        start = 0 if cache is None else cache.pos
+        end = start + input_ids.shape[1]
+        if end > self.config.max_seq_len:
             raise ValueError(
-                f"sequence length {T} exceeds model.max_seq_len={self.config.max_seq_len}"
+                f"sequence length {end} exceeds model.max_seq_len={self.config.max_seq_len}"
             )
+        cos, sin = self.rope_cos[start:end], self.rope_sin[start:end]
         x = self.embed(input_ids, item_vectors, item_mask)
         hidden, attn = [x], []
-        for block in self.block_schedule():
-            x, weights = block(x, self.rope_cos, self.rope_sin, need_weights=return_attn)
+        for slot, block in enumerate(self.block_schedule()):
+            x, weights = block(x, cos, sin, return_attn, cache, slot)
             hidden.append(x)
             attn.append(weights)
+        if cache is not None:
+            cache.advance(end - start)
         logits = self.head(self.norm(x))
         if not (return_hidden or return_attn):
             return logits
         return {"logits": logits, "hidden": hidden, "attn": attn if return_attn else None}
+
+    def generate(
+        self,
+        input_ids: torch.Tensor,
+        max_new_tokens: int,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        generator: torch.Generator | None = None,
+        eos_token_id: int | None = None,
+        use_cache: bool = True,
+    ) -> torch.LongTensor:
+        """Continue each row of ``input_ids`` [B, T] by up to ``max_new_tokens`` tokens and return
+        [B, T + n]: greedy at ``temperature=0``, else sampled from softmax(logits / temperature)
+        over the ``top_k`` likeliest tokens, drawing from ``generator``. Rows that emit
+        ``eos_token_id`` are padded with it; generation stops when every row has. With the
+        key/value cache (``use_cache``) a new token costs O(T); past ``max_seq_len`` the context
+        is cropped to its last ``max_seq_len`` tokens and the window is recomputed each step.
+        Runs in eval mode (the model's mode is restored) and without gradients."""
+        return generate(self, input_ids, max_new_tokens, temperature, top_k, generator,
+                        eos_token_id, use_cache)
 
     def num_params(self, non_embedding: bool = False) -> int:
         n = sum(p.numel() for p in self.parameters())
@@ -252,12 +333,13 @@ class GPT(nn.Module):
 
     def flops_per_token(self, seq_len: int | None = None) -> int:
         """Training FLOPs per token (forward + backward = 3x forward), as in nanoGPT/PaLM: 6 per
-        applied weight (blocks count once per loop; the head's matmul counts even when tied) plus
-        the attention score and value products."""
+        weight of every matrix multiply applied to the token (blocks count once per loop; the
+        head counts even when tied; the embedding lookup and the norms' scales do not) plus the
+        attention score and value products, 12 x layers x d_model x seq_len."""
         cfg = self.config
         T = seq_len or cfg.max_seq_len
-        block_params = sum(p.numel() for p in self.blocks.parameters())
-        applied_weights = block_params * cfg.n_loops + cfg.vocab_size * cfg.d_model
+        block_matrices = sum(p.numel() for p in self.blocks.parameters() if p.dim() == 2)
+        applied_weights = block_matrices * cfg.n_loops + cfg.vocab_size * cfg.d_model
         if self.item_proj is not None:
             applied_weights += self.item_proj.weight.numel()
         return int(6 * applied_weights + 12 * cfg.n_layer * cfg.n_loops * cfg.d_model * T)
