@@ -2,12 +2,14 @@
 that separate in-context from in-weights answers, curricula, and errors that name the key."""
 
 import inspect
+import itertools
 from pathlib import Path
 
 import numpy as np
 import pytest
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
+from scipy import stats as stats_module
 
 from data_mixers.base import DataConfigError
 from data_mixers.curriculum import Ramp, Stages
@@ -52,6 +54,70 @@ def test_ranks_take_disjoint_halves_of_the_global_batch(item_mode):
     assert same(whole, {k: np.concatenate([h[k] for h in halves]) for k in whole})
     with pytest.raises(DataConfigError, match="batch.global_size=9"):
         source.batch(3, 9, rank=0, world_size=2)
+
+
+@pytest.mark.parametrize("item_mode", ["token", "vector"])
+def test_any_row_range_draws_the_rows_the_whole_batch_holds(item_mode):
+    # All rows of a step come from one vectorised draw: a row must not depend on where the
+    # requested range starts or how long it is (4 ranks, odd splits, a single row).
+    source = BurstyClasses(item_mode=item_mode, n_classes=64, p_bursty=0.5, seed=4)
+    whole = source.batch(3, 16)
+    quarters = [source.batch(3, 16, rank=r, world_size=4) for r in range(4)]
+    assert same(whole, {k: np.concatenate([q[k] for q in quarters]) for k in whole})
+    for start, stop in [(0, 1), (5, 6), (3, 10), (15, 16)]:
+        assert same(source.rows(3, start, stop), {k: v[start:stop] for k, v in whole.items()})
+    assert not same(source.rows(4, 0, 16), whole), "another step, other rows"
+
+
+def test_query_and_iid_classes_follow_the_zipf_weights():
+    source = BurstyClasses(n_classes=12, zipf_exponent=1.0, p_bursty=0.0, seed=7)
+    domain = np.concatenate([source.batch(step, 256)["domain"] for step in range(30)])
+    weights = np.arange(1, 13) ** -1.0
+    for name, classes in (("query", domain[:, -1]), ("iid context", domain[:, 0:-1:2].ravel())):
+        counts = np.bincount(classes, minlength=12)
+        expected = weights / weights.sum() * counts.sum()
+        assert stats_module.chisquare(counts, expected).pvalue > 1e-3, name
+
+
+def test_bursty_contexts_draw_their_other_classes_without_replacement():
+    # 5 skewed classes and 4 per context: the draw of the others collides often, so the redraw
+    # path runs. Given the query q, the context leaves out one class x; its exact probability
+    # under successive sampling without replacement sums over the orders of the other three.
+    n = 5
+    source = BurstyClasses(
+        n_classes=n, zipf_exponent=1.5, pairs_per_seq=8, copies_per_class=2, seed=3
+    )
+    p = np.arange(1, n + 1) ** -1.5
+    p /= p.sum()
+    expected = np.zeros((n, n))
+    for q in range(n):
+        for order in itertools.permutations([c for c in range(n) if c != q], 3):
+            prob, left = p[q], 1.0 - p[q]
+            for c in order:
+                prob, left = prob * p[c] / left, left - p[c]
+            expected[q, ({*range(n)} - {q, *order}).pop()] += prob
+    domain = np.concatenate([source.batch(step, 512)["domain"] for step in range(40)])
+    context, query = domain[:, 0:-1:2], domain[:, -1]
+    present = np.zeros((len(domain), n), dtype=bool)
+    present[np.arange(len(domain))[:, None], context] = True
+    assert np.all(present.sum(1) == 4) and np.all(present[np.arange(len(domain)), query])
+    left_out = np.argmin(present, axis=1)
+    counts = np.bincount(query * n + left_out, minlength=n * n).reshape(n, n)
+    cells = ~np.eye(n, dtype=bool)
+    result = stats_module.chisquare(counts[cells], expected[cells] * len(domain))
+    assert result.pvalue > 1e-3, (counts, np.round(expected * len(domain)))
+
+
+def test_vector_noise_is_standard_normal_and_independent_across_rows():
+    eps, dim = 1.0, 16
+    source = BurstyClasses(item_mode="vector", n_classes=16, item_dim=dim, within_class_noise=eps)
+    b = source.batch(0, 512)
+    exemplars = b["item_vectors"][:, 0::2].astype(np.float64)
+    means = source.class_means[b["domain"][:, 0::2]]
+    eta = (exemplars * np.sqrt(1 + eps**2) - means) * np.sqrt(dim) / eps
+    assert stats_module.kstest(eta.ravel(), "norm").pvalue > 1e-3
+    neighbours = np.corrcoef(eta[:-1].reshape(511, -1).ravel(), eta[1:].reshape(511, -1).ravel())
+    assert abs(neighbours[0, 1]) < 0.02, "consecutive rows draw independent noise"
 
 
 @pytest.mark.parametrize("loss_on", ["query", "all_labels"])

@@ -1,10 +1,12 @@
 """Token store and tokenizers: built once, reused, rebuilt when changed or damaged, never half-made."""
 
 import json
+import os
 
 import numpy as np
 import pytest
 
+from data_mixers import token_store
 from data_mixers.base import DataConfigError
 from data_mixers.sources.world import WorldSource
 from data_mixers.token_store import open_or_build
@@ -135,3 +137,81 @@ def test_answer_token_is_found_behind_multibyte_characters():
     first = token_index_at(starts, answer_start)
     assert ByteTokenizer().decode(ids[first:]) == "Ålesund"
     assert ByteTokenizer().decode(ids[:first]) == text[:answer_start]
+
+
+STORE_FILES = ["tokens.bin", "doc_offsets.npy", "doc_domain.npy", "doc_bridge.npy",
+               "fact_offsets.npy", "fact_ids.npy", "fact_spans.npy"]
+
+
+@pytest.fixture
+def hashed(monkeypatch):
+    """Names of the store files hashed (= read whole) since the fixture was set up."""
+    names = []
+    real = token_store._sha256
+
+    def counting(path):
+        names.append(path.name)
+        return real(path)
+
+    monkeypatch.setattr(token_store, "_sha256", counting)
+    return names
+
+
+def test_reopening_an_unchanged_store_reads_no_file(tmp_path, hashed):
+    source = Counting(WorldSource(**SMALL))
+    store = open_or_build(source, ByteTokenizer(), tmp_path)
+    assert sorted(hashed) == sorted(STORE_FILES), "a build hashes each file once"
+    hashed.clear()
+    for _ in range(3):
+        open_or_build(source, ByteTokenizer(), tmp_path)
+    assert hashed == [] and source.reads == 1
+    open_or_build(source, ByteTokenizer(), tmp_path, verify=True)
+    assert sorted(hashed) == sorted(STORE_FILES) and source.reads == 1
+    hashed.clear()
+    # Same bytes, new time (a copy, a restore): that file alone is hashed, then its time is kept.
+    tokens = store.path / "tokens.bin"
+    os.utime(tokens, ns=(tokens.stat().st_atime_ns, tokens.stat().st_mtime_ns + 10**9))
+    open_or_build(source, ByteTokenizer(), tmp_path)
+    assert hashed == ["tokens.bin"] and source.reads == 1
+    open_or_build(source, ByteTokenizer(), tmp_path)
+    assert hashed == ["tokens.bin"], "the new time was recorded: no second hash"
+
+
+def test_verify_catches_damage_that_kept_size_and_time(tmp_path, hashed):
+    source = Counting(WorldSource(**SMALL))
+    original = np.array(open_or_build(source, ByteTokenizer(), tmp_path).tokens)
+    tokens = next((tmp_path / "token_store").iterdir()) / "tokens.bin"
+    before = tokens.stat()
+    data = bytearray(tokens.read_bytes())
+    data[10] ^= 0xFF
+    tokens.write_bytes(bytes(data))
+    os.utime(tokens, ns=(before.st_atime_ns, before.st_mtime_ns))
+    open_or_build(source, ByteTokenizer(), tmp_path)
+    assert source.reads == 1, "size and time unchanged: trusted without reading"
+    rebuilt = open_or_build(source, ByteTokenizer(), tmp_path, verify=True)
+    assert source.reads == 2
+    np.testing.assert_array_equal(np.array(rebuilt.tokens), original)
+
+
+class SomeFactsDropped(Counting):
+    """Every third document loses its facts: encode batches mix both kinds of document."""
+
+    def documents(self):
+        for i, doc in enumerate(self.source.documents()):
+            yield doc if i % 3 else token_store.Document(doc.text, doc.domain, [], doc.bridge)
+
+
+def test_small_encode_batches_build_the_same_store(tmp_path, monkeypatch):
+    whole = open_or_build(SomeFactsDropped(WorldSource(**SMALL)), ByteTokenizer(), tmp_path / "a")
+    monkeypatch.setattr(token_store, "ENCODE_CHUNK_CHARS", 300)
+    batched = open_or_build(SomeFactsDropped(WorldSource(**SMALL)), ByteTokenizer(), tmp_path / "b")
+    assert whole.n_documents > 20 and whole.fact_offsets[-1] > 0
+    for name in ("tokens", "doc_offsets", "doc_domain", "fact_offsets", "fact_ids", "fact_spans"):
+        np.testing.assert_array_equal(np.array(getattr(whole, name)), getattr(batched, name), name)
+
+
+@pytest.mark.parametrize("progress, shown", [(True, True), (False, False), (None, False)])
+def test_progress_bar_only_when_asked_or_on_a_terminal(tmp_path, capsys, progress, shown):
+    open_or_build(WorldSource(**SMALL), ByteTokenizer(), tmp_path, progress=progress)
+    err = capsys.readouterr().err
+    assert ("token store (world)" in err) == shown, err

@@ -38,12 +38,14 @@ a fresh map per sequence is just a fresh map id.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 
 import numpy as np
 
-from data_mixers.base import DataConfigError, ProbeSet, StepSampler, row_rng
+from data_mixers.base import DataConfigError, ProbeSet, StepSampler
 from data_mixers.curriculum import check_curriculum, effective_knobs
+from data_mixers.samplers.row_streams import row_draws
 
 ITEM_MODES = ("token", "vector")
 LOSS_ON = ("query", "all_labels")
@@ -71,14 +73,17 @@ def _zipf_cdf(n: int, exponent: float) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _sample_classes(
-    u: np.ndarray, lo: np.ndarray, hi: np.ndarray, excluded: np.ndarray
+    u: np.ndarray, lo: np.ndarray, hi: np.ndarray, excluded: np.ndarray | None = None
 ) -> np.ndarray:
     """Inverse-CDF class draws for uniforms ``u`` [B, X], with each row's ``excluded`` classes
-    [B, J] (distinct) removed and the rest renormalised.
+    [B, J] (distinct; None for none) removed and the rest renormalised.
 
     The uniform is scaled to the remaining mass and stepped over the excluded intervals in
     ascending order, which is exact sampling without those classes, with no rejection loop.
     """
+    if excluded is None:
+        # u < 1 = hi[-1]: the search always lands on a class.
+        return np.searchsorted(hi, u, side="right")
     excluded = np.sort(excluded, axis=1)
     ex_lo, ex_hi = lo[excluded], hi[excluded]
     v = u * (1.0 - (ex_hi - ex_lo).sum(axis=1, keepdims=True))
@@ -137,12 +142,14 @@ class BurstyClasses(StepSampler):
             self.vocab_size = self.n_labels + 1
             means_rng = np.random.default_rng([self.seed, 0x6D65616E])
             means = means_rng.standard_normal((n_universe, self.item_dim))
-            self.class_means = means / np.sqrt(self.item_dim)
+            # float32, the precision the item vectors are emitted in: gathers and sums stay half
+            # the size.
+            self.class_means = (means / np.sqrt(self.item_dim)).astype(np.float32)
         self._map_key = np.random.SeedSequence([self.seed, 0x6C6162]).generate_state(1, np.uint64)
         self._cdf_cache: dict[tuple[int, float], tuple[np.ndarray, np.ndarray]] = {}
         n, m = self.pairs_per_seq, self.classes_per_context
         widths = [("bursty", 1), ("query", 1), ("iid", n), ("others", m - 1), ("order", n),
-                  ("exemplar", n + 1), ("map", 1)]  # fmt: skip
+                  ("exemplar", n + 1), ("map", 1), ("retry", max(m - 2, 0))]  # fmt: skip
         self._slices, offset = {}, 0
         for name, width in widths:
             self._slices[name] = slice(offset, offset + width)
@@ -225,27 +232,36 @@ class BurstyClasses(StepSampler):
 
     def _draw(self, step: int, rows: range, stream: int, extra: int = 0):
         """Every random number rows ``rows`` of ``step`` need: uniforms [B, U + extra] (laid out
-        by ``self._slices``) and, in vector mode, exemplar noise [B, N + 1, item_dim]."""
-        u = np.empty((len(rows), self._n_uniforms + extra))
-        noise = None
-        if self.item_mode == "vector":
-            noise = np.empty((len(rows), self.pairs_per_seq + 1, self.item_dim))
-        for i, row in enumerate(rows):
-            rng = row_rng(self.seed, step, row, stream)
-            rng.random(out=u[i])
-            if noise is not None:
-                rng.standard_normal(out=noise[i])
+        by ``self._slices``) and, in vector mode, exemplar noise [B, N + 1, item_dim]; each row
+        its own counter-based stream (``row_streams``), all rows drawn in one call."""
+        n_noise = (self.pairs_per_seq + 1) * self.item_dim if self.item_mode == "vector" else 0
+        u, noise = row_draws(
+            self.seed, stream, step, rows.start, rows.stop, self._n_uniforms + extra, n_noise
+        )
+        if noise is not None:
+            noise = noise.reshape(len(rows), self.pairs_per_seq + 1, self.item_dim)
         return u, noise
 
     def _bursty_context(self, u: np.ndarray, query: np.ndarray, lo: np.ndarray, hi: np.ndarray):
         """A bursty context: the query's class and ``classes_per_context - 1`` other distinct
         classes, ``copies_per_class`` times each, shuffled. Returns the chosen classes [B, m]
-        (query's first) and, per context position, the index into them [B, N]."""
-        chosen = query[:, None]
-        others = u[:, self._slices["others"]]
-        for j in range(self.classes_per_context - 1):
-            drawn = _sample_classes(others[:, j : j + 1], lo, hi, chosen)
-            chosen = np.concatenate([chosen, drawn], axis=1)
+        (query's first) and, per context position, the index into them [B, N].
+
+        The others are drawn all at once from the class distribution without the query's class;
+        the rare row where one repeats an earlier pick (set A) redraws it, with a uniform of its
+        own, without the query's class and A. That is exactly sampling without them:
+        ``P(x) = p(x)/(1-p_q) + p_A/(1-p_q) * p(x)/(1-p_q-p_A) = p(x)/(1-p_q-p_A)`` for x outside
+        A, and only the colliding rows pay for the exclusion loop."""
+        m = self.classes_per_context
+        chosen = np.empty((len(u), m), dtype=np.int64)
+        chosen[:, 0] = query
+        chosen[:, 1:] = _sample_classes(u[:, self._slices["others"]], lo, hi, query[:, None])
+        retry = u[:, self._slices["retry"]]
+        for j in range(2, m):
+            hit = np.flatnonzero(np.any(chosen[:, 1:j] == chosen[:, j : j + 1], axis=1))
+            if len(hit):
+                redrawn = _sample_classes(retry[hit, j - 2 : j - 1], lo, hi, chosen[hit, :j])
+                chosen[hit, j] = redrawn[:, 0]
         slot = np.repeat(np.arange(self.classes_per_context), self.copies_per_class)
         order = np.argsort(u[:, self._slices["order"]], axis=1)
         return chosen, slot[order]
@@ -282,11 +298,11 @@ class BurstyClasses(StepSampler):
         }
         if self.item_mode == "vector":
             eps = within_class_noise
-            exemplars = (self.class_means[items] + eps * noise / np.sqrt(self.item_dim)) / np.sqrt(
-                1.0 + eps**2
-            )
             vectors = np.zeros((b, self.seq_len, self.item_dim), dtype=np.float32)
-            vectors[:, 0::2] = exemplars
+            exemplars = vectors[:, 0::2]
+            np.multiply(noise, eps / math.sqrt(self.item_dim), out=exemplars)
+            exemplars += self.class_means[items]
+            exemplars *= 1.0 / math.sqrt(1.0 + eps**2)
             item_mask = np.zeros(input_ids.shape, dtype=bool)
             item_mask[:, 0::2] = True
             batch |= {"item_vectors": vectors, "item_mask": item_mask}
@@ -296,15 +312,20 @@ class BurstyClasses(StepSampler):
         knobs = self.knobs_at(step)
         u, noise = self._draw(step, range(start, stop), TRAIN_STREAM)
         lo, hi = self._cdf(knobs["n_classes"], knobs["zipf_exponent"])
-        none = np.empty((len(u), 0), dtype=np.int64)
-        query = _sample_classes(u[:, self._slices["query"]], lo, hi, none)[:, 0]
-        chosen, slot = self._bursty_context(u, query, lo, hi)
-        bursty_context = np.take_along_axis(chosen, slot, axis=1)
-        iid_context = _sample_classes(u[:, self._slices["iid"]], lo, hi, none)
+        n = self.pairs_per_seq
+        # The query's and the iid context's uniforms are adjacent: one search draws them all.
+        start_q, stop_iid = self._slices["query"].start, self._slices["iid"].stop
+        drawn = _sample_classes(u[:, start_q:stop_iid], lo, hi)
+        query, items = drawn[:, 0], np.empty((len(u), n + 1), dtype=np.int64)
+        items[:, n] = query
         is_bursty = u[:, self._slices["bursty"]] < knobs["p_bursty"]
-        items = np.concatenate(
-            [np.where(is_bursty, bursty_context, iid_context), query[:, None]], 1
-        )
+        # Rows take the bursty or the iid context; a kind no row takes is not built.
+        if is_bursty.any():
+            chosen, slot = self._bursty_context(u, query, lo, hi)
+            bursty_context = np.take_along_axis(chosen, slot, axis=1)
+            items[:, :n] = np.where(is_bursty, bursty_context, drawn[:, 1:])
+        else:
+            items[:, :n] = drawn[:, 1:]
         n_maps = knobs["label_mapping_diversity"]
         map_u = u[:, self._slices["map"]][:, 0]
         map_ids = np.floor(map_u * (n_maps if n_maps >= 1 else FRESH_MAP_IDS))
@@ -318,8 +339,7 @@ class BurstyClasses(StepSampler):
         zero rather than chance."""
         u, noise = self._draw(0, range(self.probe_size), PROBE_STREAMS[name], extra=self.n_labels)
         lo, hi = self._cdf(n_classes, exponent)
-        none = np.empty((len(u), 0), dtype=np.int64)
-        query = _sample_classes(u[:, self._slices["query"]], lo, hi, none)[:, 0]
+        query = _sample_classes(u[:, self._slices["query"]], lo, hi)[:, 0]
         chosen, slot = self._bursty_context(u, query, lo, hi)
         chosen += offset
         label_keys = u[:, self._n_uniforms :].copy()
@@ -345,8 +365,7 @@ class BurstyClasses(StepSampler):
         achievable accuracy falls towards chance, and with a fresh map per sequence it is chance."""
         u, noise = self._draw(0, range(self.probe_size), PROBE_STREAMS["iwl"])
         lo, hi = self._cdf(self.base_knobs["n_classes"], self.base_knobs["zipf_exponent"])
-        none = np.empty((len(u), 0), dtype=np.int64)
-        query = _sample_classes(u[:, self._slices["query"]], lo, hi, none)[:, 0]
+        query = _sample_classes(u[:, self._slices["query"]], lo, hi)[:, 0]
         context = _sample_classes(u[:, self._slices["iid"]], lo, hi, query[:, None])
         items = np.concatenate([context, query[:, None]], axis=1)
         labels = self._labels(np.full(len(u), FIXED_MAP), items)
