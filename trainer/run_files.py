@@ -1,0 +1,220 @@
+"""What a run dir keeps beside its checkpoints so the model can be used without the lab's config.
+
+Written once per run (by ``train``), read by ``elab-sample`` and ``elab-export``:
+
+``model.json``        the model class and every ``GPTConfig`` field (vocab_size, max_seq_len...)
+``vocabulary.json``   what the ids mean: a text tokenizer (``byte`` or ``bpe``) or, for the
+                      synthetic tasks, a name per id (labels, items, digits, operators)
+``tokenizer.json``    text runs: the tokenizer in the Hugging Face ``tokenizers`` format. For a
+                      BPE this is the trained file itself (otherwise only in a cache keyed by a
+                      hash); for the byte tokenizer an equivalent one (ids 0..255 = bytes,
+                      256 = ``<|eos|>``), so any tool that reads tokenizer.json reads both
+``probes.npz``        the first rows of each answer probe set, for ``elab-sample --probe``
+
+A model is rebuilt from these and a checkpoint's state dict alone (:func:`load_model`); the model
+class is looked up among the lab's models, never imported by a name a file supplies, and the
+checkpoint is read with ``torch.load(weights_only=True)``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import uuid
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from trainer.config import ConfigError
+
+MODEL_FILE, VOCAB_FILE, TOKENIZER_FILE, PROBES_FILE = (
+    "model.json", "vocabulary.json", "tokenizer.json", "probes.npz")
+FORMAT = 1
+PROBE_ROWS = 64  # rows kept per probe set: enough to look at, small even with item vectors
+
+
+def _write_text(path: Path, text: str) -> None:
+    """Write through a unique temporary name and rename: data-parallel ranks may write the same
+    file at once, and a reader never sees half of it."""
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def write_run_files(run_dir: str | os.PathLike, sampler: Any, model: Any) -> None:
+    """Write model.json, vocabulary.json, tokenizer.json (text runs) and probes.npz into
+    ``run_dir``; ``sampler`` is prepared (its tokenizer built)."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    spec = {"format": FORMAT, "class": type(model).__name__,
+            "config": dataclasses.asdict(model.config)}
+    _write_text(run_dir / MODEL_FILE, json.dumps(spec, indent=2) + "\n")
+    vocabulary = describe_vocabulary(sampler)
+    _write_text(run_dir / VOCAB_FILE, json.dumps(vocabulary, indent=2) + "\n")
+    tokenizer = getattr(sampler, "tokenizer", None)
+    if vocabulary["kind"] == "bpe":
+        _write_text(run_dir / TOKENIZER_FILE, tokenizer.to_json())
+    elif vocabulary["kind"] == "byte":
+        _write_text(run_dir / TOKENIZER_FILE, byte_tokenizer_json())
+    probes = _probe_arrays(sampler)
+    if probes:
+        tmp = run_dir / f".{PROBES_FILE}.{uuid.uuid4().hex}.tmp"
+        with open(tmp, "wb") as f:
+            np.savez(f, **probes)
+        os.replace(tmp, run_dir / PROBES_FILE)
+
+
+def describe_vocabulary(sampler: Any) -> dict[str, Any]:
+    """What each id means, from the sampler's public attributes."""
+    vocab_size = int(sampler.vocab_size)
+    tokenizer = getattr(sampler, "tokenizer", None)
+    if tokenizer is not None:
+        return {"kind": tokenizer.kind, "vocab_size": vocab_size, "eos_id": int(tokenizer.eos_id),
+                "eos_text": "<|eos|>", "tokenizer_file": TOKENIZER_FILE}
+    task = type(sampler).__name__
+    if task == "BurstyClasses":
+        names = [f"L{k}" for k in range(sampler.n_labels)]
+        if sampler.item_mode == "vector":
+            names.append("<item>")
+            layout = ("L<k>: label k; <item>: placeholder where an item vector is fed "
+                      f"(item_dim={sampler.item_dim})")
+        else:
+            per = sampler.exemplars_per_class
+            names += [f"c{i // per}" if per == 1 else f"c{i // per}.{i % per}"
+                      for i in range(vocab_size - sampler.n_labels)]
+            layout = "L<k>: label k; c<class>[.<exemplar>]: an item of that class"
+        return {"kind": "symbols", "task": "bursty_classes", "vocab_size": vocab_size,
+                "names": names, "layout": layout + "; a row is item label ... item label query"}
+    if task == "ModularArithmetic":
+        symbol = {"add": "+", "sub": "-", "mul": "*", "div": "/"}[sampler.operation]
+        names = [str(i) for i in range(sampler.p)] + [symbol, "="]
+        return {"kind": "symbols", "task": "modular_arithmetic", "vocab_size": vocab_size,
+                "names": names, "layout": f"a {symbol} b = c (mod {sampler.p})"}
+    return {"kind": "ids", "task": task, "vocab_size": vocab_size}
+
+
+def byte_tokenizer_json() -> str:
+    """The byte tokenizer as a ``tokenizers`` file: byte-level symbols, no merges, so every
+    UTF-8 byte is its own id, and ``<|eos|>`` is 256 (``data_mixers.tokenizer.ByteTokenizer``)."""
+    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
+
+    alphabet = _bytes_to_unicode()
+    vocab = {alphabet[b]: b for b in range(256)}
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.add_special_tokens([AddedToken("<|eos|>", special=True)])
+    return tok.to_str()
+
+
+def _bytes_to_unicode() -> dict[int, str]:
+    """GPT-2's printable stand-in for each byte (what the ByteLevel pre-tokenizer emits)."""
+    printable = (list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1))
+                 + list(range(ord("®"), ord("ÿ") + 1)))
+    mapping, extra = {}, 0
+    for b in range(256):
+        if b in printable:
+            mapping[b] = chr(b)
+        else:
+            mapping[b] = chr(256 + extra)
+            extra += 1
+    return mapping
+
+
+def _probe_arrays(sampler: Any) -> dict[str, np.ndarray]:
+    """The first rows of every answer probe set, keyed ``<name>/<array>``; none when the
+    sampler cannot build its probes in this configuration (a run without probe callbacks may
+    still train, e.g. with a window shorter than the questions)."""
+    from data_mixers.base import DataConfigError
+
+    try:
+        probes = sampler.probe_sets()
+    except DataConfigError:
+        return {}
+    out = {}
+    for probe in probes:
+        if probe.kind != "answer" or probe.answer_positions is None:
+            continue
+        rows = slice(0, PROBE_ROWS)
+        out[f"{probe.name}/answer_positions"] = np.asarray(probe.answer_positions[rows])
+        for key in ("input_ids", "targets", "item_vectors", "item_mask"):
+            if key in probe.batch:
+                out[f"{probe.name}/{key}"] = np.asarray(probe.batch[key][rows])
+    return out
+
+
+# -- reading --------------------------------------------------------------------------------
+
+
+def read_json(run_dir: str | os.PathLike, name: str) -> dict[str, Any]:
+    path = Path(run_dir) / name
+    if not path.is_file():
+        raise ConfigError(f"{path} is missing: the run dir was written by an older version or is "
+                          "not a run dir (model.json and vocabulary.json sit beside checkpoints/)")
+    return json.loads(path.read_text())
+
+
+def read_probes(run_dir: str | os.PathLike) -> dict[str, dict[str, np.ndarray]]:
+    """The stored probe rows by probe name (empty when the run has none)."""
+    path = Path(run_dir) / PROBES_FILE
+    if not path.is_file():
+        return {}
+    probes: dict[str, dict[str, np.ndarray]] = {}
+    with np.load(path, allow_pickle=False) as data:
+        for key in data.files:
+            name, array = key.rsplit("/", 1)
+            probes.setdefault(name, {})[array] = data[key]
+    return probes
+
+
+def checkpoint_trail(run_dir: str | os.PathLike) -> list[Path]:
+    """``checkpoints/step-<n>.ckpt`` by step, then ``last.ckpt`` when it exists."""
+    from trainer.trail import trail_steps  # imports Lightning: only when the trail is listed
+
+    ckpt_dir = Path(run_dir) / "checkpoints"
+    paths = list(trail_steps(ckpt_dir).values())
+    if (ckpt_dir / "last.ckpt").is_file():
+        paths.append(ckpt_dir / "last.ckpt")
+    return paths
+
+
+def find_checkpoint(run_dir: str | os.PathLike, choice: str | None = None) -> Path:
+    """The checkpoint ``--checkpoint`` names: ``last`` (default), a step number, a file name in
+    ``checkpoints/`` or a path."""
+    run_dir = Path(run_dir)
+    choice = choice or "last"
+    candidates = [run_dir / "checkpoints" / f"{choice}.ckpt",
+                  run_dir / "checkpoints" / f"step-{choice}.ckpt",
+                  run_dir / "checkpoints" / choice, Path(choice)]
+    for path in candidates:
+        if path.is_file():
+            return path
+    names = [p.name for p in checkpoint_trail(run_dir)]
+    raise ConfigError(f"--checkpoint={choice!r}: no such checkpoint in {run_dir / 'checkpoints'} "
+                      f"(there: {', '.join(names) or 'none'})")
+
+
+def load_model(run_dir: str | os.PathLike, checkpoint: str | os.PathLike | None = None):
+    """The model of ``run_dir`` with the weights of ``checkpoint`` (see :func:`find_checkpoint`),
+    in eval mode on the CPU. Returns ``(model, step)``: ``step`` is the checkpoint's global step."""
+    import torch
+
+    import trainer.models as models
+
+    spec = read_json(run_dir, MODEL_FILE)
+    if spec.get("format") != FORMAT or spec.get("class") not in models.__all__:
+        raise ConfigError(f"{Path(run_dir) / MODEL_FILE}: class={spec.get('class')!r}, "
+                          f"format={spec.get('format')!r}: expected one of {models.__all__}, "
+                          f"format {FORMAT}")
+    model = getattr(models, spec["class"])(**spec["config"])
+    path = find_checkpoint(run_dir, None if checkpoint is None else str(checkpoint))
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        state = {k.removeprefix("model."): v for k, v in ckpt["state_dict"].items()
+                 if k.startswith("model.")}
+        model.load_state_dict(state)
+    except Exception as exc:  # truncated, foreign, unsafe or not this model's: say which file
+        raise ConfigError(f"cannot load {path} into the model of {run_dir}: {exc}") from exc
+    return model.eval(), int(ckpt.get("global_step", -1))
