@@ -1,7 +1,10 @@
 """Wall-time overhead of the monitoring callbacks (probes, topology, data meter, jump detection).
 
 Runs the same training job with ``callbacks=default`` and with ``callbacks=minimal`` (checkpoints
-only), alternating, in one process, and prints tokens/s of each and the overhead. Target: <= 5%.
+only), alternating, in one process, and prints tokens/s of each and the overhead. Target: <= 3%
+(issue 12), measured as the acceptance check does: the seconds inside the monitors' hooks
+(summary.json's ``monitor_seconds``, the checkpoint trail included) over the rest of the run's
+wall time.
 
     python scripts/bench_callbacks.py                    # the embedded default run
     python scripts/bench_callbacks.py budget.tokens=500000 --rounds 3
@@ -53,18 +56,17 @@ def main() -> None:
                 walls[callbacks].append(summary["wall_time_s"])
                 if callbacks == "default":
                     # Measured where it is spent: seconds inside the monitors' hooks over the
-                    # training loop's seconds (robust to the machine's noise between runs).
-                    loop_s = summary["tokens_seen"] / summary["tokens_per_s"]
+                    # rest of the same run (robust to the machine's noise between runs).
                     monitors_s = sum(summary["monitor_seconds"].values())
-                    shares.append(monitors_s / (loop_s - monitors_s))
+                    shares.append(monitors_s / (summary["wall_time_s"] - monitors_s))
                     print(f"          monitors: {summary['monitor_seconds']} = "
-                          f"{100 * shares[-1]:.1f}% on top of training", flush=True)
+                          f"{100 * shares[-1]:.1f}% on top of the rest of the run", flush=True)
                 print(f"round {r} callbacks={callbacks:8s} {summary['tokens_per_s']:>10,.0f} tok/s "
                       f"wall {summary['wall_time_s']:.1f} s ({summary['steps']} steps, "
                       f"{len(summary['metrics'])} series)", flush=True)
     base, monitored = statistics.median(speeds["minimal"]), statistics.median(speeds["default"])
     print(f"measured inside the monitors: {100 * statistics.median(shares):.1f}% on top of "
-          f"training (target <= 5%)")
+          f"the rest of the run (target <= 3%)")
     print(f"median: without monitors {base:,.0f} tok/s, with {monitored:,.0f} tok/s, "
           f"side by side {100 * (base / monitored - 1):.1f}% (two runs apart; noisy here); "
           f"whole run incl. start-up and the first evaluation: "

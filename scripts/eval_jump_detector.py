@@ -99,6 +99,30 @@ def emergence(width: float | None, n: int = 512):
     return make
 
 
+def count(mean_low: float, mean_high: float, level_after: float | None = None):
+    """A count-valued series (graph components, H1 bars): Poisson around a level, and with
+    ``level_after`` a step to that level at a random evaluation (a real change of structure)."""
+
+    def make(rng, evals):
+        level = np.full(evals, rng.uniform(mean_low, mean_high))
+        at = None
+        if level_after is not None:
+            at = int(rng.integers(12, evals - 12))
+            level[at:] = level_after
+        return rng.poisson(level).astype(float), None, at, 0 if at is None else 1
+
+    return make
+
+
+def count_split(rng, evals):
+    """What the default run's knn_components did: exactly 1 for a long time, then 5 or 6 (a few
+    points splitting off the graph): within a Poisson count's chance moves, not a jump."""
+    at = int(rng.integers(20, evals - 8))
+    values = np.ones(evals)
+    values[at:] = rng.integers(4, 7, evals - at)
+    return values, None, None, 0
+
+
 FAMILIES = [
     Family("no jump: constant + noise", constant),
     Family("no jump: linear rise", linear_rise),
@@ -108,11 +132,14 @@ FAMILIES = [
     Family("no jump: accuracy n=512", accuracy(512, 0.05, 0.8)),
     Family("no jump: accuracy ~0, n=256", accuracy(256, 0.0, 0.01)),
     Family("no jump: step-0 transient, n=512", emergence(None)),
+    Family("no jump: count, Poisson mean 1-20", count(1.0, 20.0)),
+    Family("no jump: count 1, then 4-6", count_split),
     *(Family(f"jump {size:+.2f}, accuracy n=256", jump(size)) for size in (0.05, 0.1, 0.2, 0.4)),
     *(Family(f"jump {size:+.2f}, accuracy n=512", jump(size, 512)) for size in (0.05, 0.1, 0.2)),
     *(Family(f"drop {size:+.2f}, accuracy n=256", jump(size)) for size in (-0.1, -0.2)),
     Family("jump +0.20 on rise, noise 0.02", jump(0.2, None)),
     Family("drop -0.20 on rise, noise 0.02", jump(-0.2, None)),
+    Family("count: Poisson 2 -> 20", count(2.0, 2.0, 20.0)),
     *(Family(f"emergence: sigmoid +0.6, width {w}", emergence(w), tolerance=int(2 + 2 * w))
       for w in (0.5, 1.0, 2.0)),
 ]

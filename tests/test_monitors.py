@@ -123,3 +123,86 @@ def test_loss_probe_gives_held_out_loss_and_in_context_score():
     metrics, n = score_probe(LateCopier(), ProbeSet("h", batch, kind="loss"), torch.device("cpu"), 64)
     assert n == 8 and metrics["loss"] > 0.5
     assert metrics["icl_score"] < -1.0
+
+
+def _every_value(run) -> dict[tuple[int, str], float]:
+    """Every logged (step, series) of csv/metrics.csv, but the wall-clock throughput."""
+    return {(int(r["step"]), k): float(v) for r in read_csv(run) for k, v in r.items()
+            if v not in ("", None) and k not in ("step", "train/tokens_per_s")}
+
+
+def test_monitors_resume_exactly(tmp_path, tiny_overrides):
+    from tests.test_train import CrashAt
+
+    # Every monitor on a schedule that straddles the checkpoint at step 10: H1 every 3 steps at
+    # most, expensive metrics log-spaced and in bursts, the data meter's cumulative counts.
+    overrides = [*tiny_overrides, "budget.tokens=1920", "model.n_layer=2",
+                 "callbacks.probes.every_n_steps=2", "callbacks.topology.every_n_steps=2",
+                 "callbacks.topology.n_points=24", "callbacks.topology.k=4",
+                 "callbacks.topology.expensive_per_decade=3", "callbacks.topology.burst_steps=4",
+                 "callbacks.topology.h1_every_n_steps=3", "callbacks.topology.h1_points=16",
+                 "callbacks.data_meter.every_n_steps=3", "callbacks.data_meter.window=2"]
+    straight, crashed = tmp_path / "straight", tmp_path / "crashed"
+    train(compose_cfg(overrides, straight))
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        train(compose_cfg(overrides, crashed), callbacks=[CrashAt(13)])
+    summary = train(compose_cfg([*overrides, "ckpt_path=last"], crashed))
+    assert summary["resumed_from_step"] == 10
+    expected, resumed = _every_value(straight), _every_value(crashed)
+    assert {k for k, _ in expected} == {k for k, _ in resumed}
+    series = {k for _, k in expected}
+    for needed in ("topo/weights/total/update_ratio", "topo/layer2/h1_total", "topo/layer2/knn_components",
+                   "data/domains_seen", "probe/heldout/acc"):
+        assert needed in series, needed
+    # The first evaluation after the resume (step 11, logged at 11) has its update ratio.
+    assert (11, "topo/weights/total/update_ratio") in resumed
+    missing = sorted(set(expected) - set(resumed))
+    extra = sorted(set(resumed) - set(expected))
+    assert not missing and not extra, (missing[:5], extra[:5])
+    different = [key for key in expected if resumed[key] != pytest.approx(expected[key], rel=1e-6, abs=1e-9)]
+    assert not different, different[:10]
+
+
+def _documents(name, domain, rows, counted):
+    ids = np.arange(rows * 8).reshape(rows, 8)
+    mask = np.zeros((rows, 8), np.float32)
+    mask[:, :counted] = 1.0
+    batch = {"input_ids": ids, "targets": ids, "loss_mask": mask, "domain": np.full((rows, 8), domain)}
+    return ProbeSet(name, batch, kind="loss")
+
+
+def test_topology_points_span_every_domain_and_are_topped_up():
+    from trainer.monitors.topology_probe import log_spaced_steps, topology_points
+
+    # Text: 3 domains of 4 held-out documents. Points come from every domain's documents, at
+    # several positions per document, n_points in all.
+    sets = [_documents(f"heldout/d{d}", d, rows=4, counted=6) for d in range(3)]
+    (group,) = topology_points(sets, 30, fallback=None)
+    labels = group.batch["domain"][group.rows, group.positions]
+    assert len(labels) == 30 and sorted(np.bincount(labels)) == [10, 10, 10]
+    assert len({(r, p) for r, p in zip(group.rows, group.positions)}) == 30
+    assert (group.batch["loss_mask"][group.rows, group.positions] > 0).all()
+    # Too few counted tokens: a fixed fallback batch makes up the rest.
+    small = [_documents("heldout/a", 0, rows=1, counted=3)]
+    groups = topology_points(small, 20, fallback=lambda rows: _documents("x", 1, rows * 4, 8).batch)
+    assert sum(len(g.rows) for g in groups) == 20
+    # Answer probes: the answer position of the first rows, shareable with the probes' forward.
+    (answer,) = topology_points([copy_probe()], 16, fallback=None)
+    assert answer.probe == "copy" and list(answer.rows) == list(range(16))
+    assert (answer.positions == 3).all()
+    assert log_spaced_steps(1838, 4) == [1, 2, 3, 6, 10, 18, 32, 56, 100, 178, 316, 562, 1000, 1778]
+
+
+def test_the_readout_at_the_answer_positions_gives_the_same_logits():
+    from trainer.models import AttnOnly
+    from trainer.monitors.common import readout_at
+
+    model = AttnOnly(vocab_size=30, max_seq_len=8, n_layer=1, n_head=1, d_model=16).eval()
+    ids = torch.randint(0, 30, (4, 8), generator=torch.Generator().manual_seed(0))
+    rows, positions = torch.arange(4), torch.tensor([1, 2, 3, 7])
+    full = model(ids)
+    with readout_at(model, rows, positions):
+        only = model(ids)
+    assert only.shape == (4, 30)
+    torch.testing.assert_close(only, full[rows, positions])
+    assert model(ids).shape == (4, 8, 30), "the hook is removed after the block"

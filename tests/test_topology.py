@@ -9,7 +9,6 @@ from scipy.spatial.distance import pdist, squareform
 
 from trainer.measures.topology import (
     attention_metrics,
-    estimate_llc,
     h0_persistence,
     h1_persistence,
     participation_ratio,
@@ -175,36 +174,3 @@ def test_weight_groups_and_mismatched_snapshots():
         weight_metrics(params, {"h.0.w": torch.ones(4)})
     with pytest.raises(ValueError, match="changed shape"):
         weight_metrics(params, {"h.0.w": torch.ones(4), "h.1.w": torch.ones(5)})
-
-
-def _regression_at_optimum():
-    generator = torch.Generator().manual_seed(0)
-    inputs = torch.randn(512, 4, generator=generator)
-    targets = inputs @ torch.tensor([1.0, -2.0, 0.5, 3.0])
-    model = torch.nn.Linear(4, 1, bias=False)
-    with torch.no_grad():
-        model.weight.copy_(torch.linalg.lstsq(inputs, targets[:, None]).solution.T)
-    batches = [(inputs[i : i + 64], targets[i : i + 64]) for i in range(0, 512, 64)]
-    return model, batches
-
-
-def _mse(model, batch):
-    inputs, targets = batch
-    return ((model(inputs).squeeze(-1) - targets) ** 2).mean()
-
-
-def test_llc_of_a_regular_model_is_half_its_dimension_and_training_state_is_untouched():
-    model, batches = _regression_at_optimum()
-    weight, rng_state = model.weight.detach().clone(), torch.get_rng_state()
-    llc = estimate_llc(
-        model, _mse, batches, dataset_size=512, steps=400, burn_in=100, lr=1e-3, localization=1.0
-    )
-    assert 1.5 < llc["llc/mean"] < 2.5  # d / 2 = 2 for 4 regular parameters
-    assert torch.equal(model.weight, weight)
-    assert torch.equal(torch.get_rng_state(), rng_state)
-
-
-def test_llc_raises_when_sgld_diverges():
-    model, batches = _regression_at_optimum()
-    with pytest.raises(ValueError, match="diverged"):
-        estimate_llc(model, _mse, batches, dataset_size=512, steps=50, burn_in=10, lr=1.0)

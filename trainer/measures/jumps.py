@@ -25,12 +25,17 @@ After a confirmed jump a series starts afresh from the onset, so one jump is rep
 pre-jump level does not bias the next detection. No flag is possible before ``min_history``
 evaluations of a series (or of its current segment after a jump).
 
-``scripts/eval_jump_detector.py`` measures false-alarm and detection rates of the defaults on
-simulated curves.
+Count-valued series (every value an integer, no binomial model: graph components, H1 bars) use a
+Poisson noise floor, so a count that sat at 1 and moved to 5 is not scored in thousands of
+standard errors. ``scripts/eval_jump_detector.py`` measures false-alarm and detection rates of the
+defaults on simulated curves; ``scripts/calibrate_detector.py`` counts false alarms on real runs
+where nothing emerges.
 """
 
 from __future__ import annotations
 
+import math
+import statistics
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -46,9 +51,12 @@ class JumpEvent:
     """A confirmed jump.
 
     ``step`` is the step at which it was confirmed (what an online observer could know),
-    ``onset_step`` the first evaluation at the new level. ``size`` = ``after`` - ``before``, where
-    ``before`` is the pre-onset trend extrapolated over the post-onset steps and ``after`` the mean
-    of the post-onset values. ``score`` is the size in standard errors (signed).
+    ``onset_step`` the first evaluation at the new level. ``resolution`` is the number of steps
+    since the series' previous evaluation: the change happened somewhere in
+    (``onset_step`` - ``resolution``, ``onset_step``], and lead-lag is known no finer
+    (:mod:`trainer.measures.leadlag`). ``size`` = ``after`` - ``before``, where ``before`` is the
+    pre-onset trend extrapolated over the post-onset steps and ``after`` the mean of the post-onset
+    values. ``score`` is the size in standard errors (signed).
     """
 
     series: str
@@ -58,6 +66,7 @@ class JumpEvent:
     score: float
     before: float
     after: float
+    resolution: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -93,6 +102,28 @@ def _binomial_variance(p: float, n: int | None) -> float:
     return adjusted * (1.0 - adjusted) / n
 
 
+def _count_variance(value: float) -> float:
+    """Variance of a count (graph components, H1 bars) as a Poisson's: its mean, at least 1.
+
+    A count that sat at 1 has no spread of its own, so without this floor a move to 5 would be
+    scored in thousands of standard errors; a Poisson count of 1 moves by 1 or 2 by chance.
+    """
+    return max(abs(value), 1.0)
+
+
+def _is_count(values: list[float], n_evals: list[int | None]) -> bool:
+    """A series is count-valued when it has no binomial model and every value is an integer."""
+    return all(n is None for n in n_evals) and all(float(v).is_integer() for v in values)
+
+
+def _noise_variance(value: float, n_eval: int | None, count: bool) -> float:
+    """The noise model's variance of one value: binomial for an accuracy on ``n_eval`` items,
+    Poisson for a count, none otherwise (the history's own spread is used)."""
+    if count:
+        return _count_variance(value)
+    return _binomial_variance(value, n_eval)
+
+
 def _mad(x: np.ndarray) -> float:
     return float(np.median(np.abs(x - np.median(x))))
 
@@ -109,6 +140,17 @@ def _robust_linear_fit(x: np.ndarray, y: np.ndarray) -> tuple[float, float, floa
     intercept = float(np.median(y - slope * x))
     residual = y - (intercept + slope * x)
     return slope, intercept, MAD_TO_SD * _mad(residual), x_mean, sxx
+
+
+def _residual_sd(x: list[float], y: list[float]) -> float:
+    """The residual sd of :func:`_linear_fit`, in plain Python (see ``_trigger_z``)."""
+    n = len(x)
+    x_mean, y_mean = sum(x) / n, sum(y) / n
+    sxx = sum((xi - x_mean) ** 2 for xi in x)
+    slope = sum((xi - x_mean) * (yi - y_mean) for xi, yi in zip(x, y)) / sxx if sxx > 0 else 0.0
+    intercept = y_mean - slope * x_mean
+    residual = sum((yi - intercept - slope * xi) ** 2 for xi, yi in zip(x, y))
+    return math.sqrt(residual / max(n - 2, 1))
 
 
 def _linear_fit(x: np.ndarray, y: np.ndarray) -> tuple[float, float, float, float, float]:
@@ -140,6 +182,9 @@ class JumpDetector:
       noise is estimated from the few pre-onset values (not given by the binomial floor), the
       threshold becomes the Student-t quantile of the same tail probability, so that a short
       history that happens to look quiet does not confirm noise.
+    - ``min_rel_size_by_prefix``: ``{prefix: floor}`` replacing ``min_rel_size`` for the series
+      whose name starts with that prefix (e.g. a larger effect size for representation metrics,
+      which wander by a few percent long after a run has converged).
     - ``min_size`` / ``min_rel_size``: absolute / relative (to the pre-onset level) floors on the
       shift, for series whose noise is tiny compared with the changes that matter.
     """
@@ -155,6 +200,7 @@ class JumpDetector:
         z_confirm: float = 3.5,
         min_size: float = 0.0,
         min_rel_size: float = 0.02,
+        min_rel_size_by_prefix: dict[str, float] | None = None,
     ) -> None:
         if gain_evals < 1 or persistence < 1 or confirm_evals < 1:
             raise ValueError("gain_evals, persistence and confirm_evals must be >= 1")
@@ -169,6 +215,7 @@ class JumpDetector:
         self.z_confirm = z_confirm
         self.min_size = min_size
         self.min_rel_size = min_rel_size
+        self.min_rel_size_by_prefix = dict(min_rel_size_by_prefix or {})
         self._series: dict[str, _Series] = {}
         self._events: list[JumpEvent] = []
 
@@ -176,6 +223,16 @@ class JumpDetector:
     def events(self) -> list[JumpEvent]:
         """All confirmed events so far, in order of confirmation step."""
         return list(self._events)
+
+    def pending(self) -> dict[str, int]:
+        """Series with a candidate jump not yet confirmed or dropped (the pre-alarm), mapped to
+        the step of its first trigger: what a monitor that wants to measure densely around a
+        jump can act on, evaluations before the jump is confirmed."""
+        return {
+            name: state.steps[state.pending.first_trigger]
+            for name, state in self._series.items()
+            if state.pending is not None
+        }
 
     def state_dict(self) -> dict[str, Any]:
         """Every observation so far, for a checkpoint; the detector state is a function of them."""
@@ -252,27 +309,30 @@ class JumpDetector:
         return [event]
 
     def _trigger_z(self, state: _Series, t: int) -> float | None:
-        """Robust z of the gain ending at t, against gains that end no later than t - m."""
+        """Robust z of the gain ending at t, against gains that end no later than t - m.
+
+        Plain Python on the (at most ``history``) values it looks at: it runs for every series
+        at every evaluation, where numpy's per-call overhead on 16 numbers would dominate.
+        """
         m = self.gain_evals
         if t - state.start < self.min_history:
             return None
-        values = np.asarray(state.values)
+        values, n_evals = state.values, state.n_evals
         reference_end = t - m
         first_gain = max(state.start + m, reference_end - self.history + 1)
-        gains = (
-            values[first_gain : reference_end + 1] - values[first_gain - m : reference_end - m + 1]
-        )
-        centre = float(np.median(gains))
-        mad = MAD_TO_SD * _mad(gains)
+        gains = [values[i] - values[i - m] for i in range(first_gain, reference_end + 1)]
+        centre = statistics.median(gains)
+        mad = MAD_TO_SD * statistics.median([abs(g - centre) for g in gains])
 
         first_value = max(state.start, reference_end - self.history + 1)
-        steps = np.asarray(state.steps[first_value : reference_end + 1], dtype=np.float64)
-        _, _, residual_sd, _, _ = _linear_fit(steps, values[first_value : reference_end + 1])
-        binomial_sd = np.sqrt(
-            _binomial_variance(values[t - m], state.n_evals[t - m])
-            + _binomial_variance(values[t], state.n_evals[t])
+        residual_sd = _residual_sd(state.steps[first_value : reference_end + 1],
+                                   values[first_value : reference_end + 1])
+        count = _is_count(values[first_value : t + 1], n_evals[first_value : t + 1])
+        model_sd = math.sqrt(
+            _noise_variance(values[t - m], n_evals[t - m], count)
+            + _noise_variance(values[t], n_evals[t], count)
         )
-        scale = max(mad, np.sqrt(2.0) * residual_sd, binomial_sd, 1e-12 * (1 + abs(values[t])))
+        scale = max(mad, math.sqrt(2.0) * residual_sd, model_sd, 1e-12 * (1 + abs(values[t])))
         return (values[t] - values[t - m] - centre) / scale
 
     def _onset(self, state: _Series, first_trigger: int, t: int, direction: int) -> int:
@@ -299,23 +359,27 @@ class JumpDetector:
         shift = after - before
 
         steps_sd = MAD_TO_SD * _mad(np.diff(pre_y)) / np.sqrt(2.0)
-        binomial_sd = np.sqrt(_binomial_variance(pre_y[-1], state.n_evals[onset - 1]))
-        pre_sd = max(residual_sd, steps_sd, binomial_sd)
-        post_sd = max(pre_sd, np.sqrt(_binomial_variance(after, state.n_evals[t])))
+        count = _is_count(state.values[first : t + 1], state.n_evals[first : t + 1])
+        model_sd = np.sqrt(_noise_variance(pre_y[-1], state.n_evals[onset - 1], count))
+        pre_sd = max(residual_sd, steps_sd, model_sd)
+        post_sd = max(pre_sd, np.sqrt(_noise_variance(after, state.n_evals[t], count)))
         leverage = 1.0 / pre_x.size + ((post_x.mean() - x_mean) ** 2 / sxx if sxx > 0 else 0.0)
         standard_error = np.sqrt(pre_sd**2 * leverage + post_sd**2 / post_y.size)
-        # A series that did not move at all before (a count of graph components) has no noise
-        # estimate; a floor of 0.1% of its level keeps its score a finite, comparable number.
+        # A real-valued series that did not move at all before has no noise estimate; a floor of
+        # 0.1% of its level keeps its score a finite, comparable number. (Counts have their own
+        # Poisson model above.)
         score = shift / max(standard_error, 1e-3 * (1 + abs(before)))
         threshold = self.z_confirm
-        if binomial_sd < max(residual_sd, steps_sd):
+        if model_sd < max(residual_sd, steps_sd):
             threshold = float(stats.t.isf(stats.norm.sf(self.z_confirm), max(pre_x.size - 2, 1)))
 
         # The new level must hold from the second post-onset value on: the first may still be
         # mid-rise when a jump spans more than one evaluation (a sigmoid, not a step).
         holds = bool(np.all(pending.direction * (post_y - predicted)[1:] >= abs(shift) / 2))
         moved = pending.direction * (after - (intercept + slope * pre_x[-1])) >= abs(shift) / 2
-        large = abs(shift) >= max(self.min_size, self.min_rel_size * abs(before))
+        rel_size = next((v for k, v in self.min_rel_size_by_prefix.items() if name.startswith(k)),
+                        self.min_rel_size)
+        large = abs(shift) >= max(self.min_size, rel_size * abs(before))
         if np.sign(shift) != pending.direction or abs(score) < threshold:
             return None
         if not (holds and moved and large):
@@ -328,42 +392,5 @@ class JumpDetector:
             score=float(score),
             before=before,
             after=after,
+            resolution=state.steps[onset] - state.steps[onset - 1],
         )
-
-
-def lead_lag(
-    events: list[JumpEvent],
-    capability_prefix: str = "probe/",
-    topology_prefix: str = "topo/",
-    max_lag: int | None = None,
-) -> list[dict[str, Any]]:
-    """For each capability jump, the topology jumps before, at and after it, by onset step.
-
-    Returns one dict per capability event (in onset order): ``series``, ``onset_step``, and lists
-    ``before``, ``same``, ``after`` of ``{"series", "onset_step", "lead_steps"}``, where
-    ``lead_steps`` = capability onset - topology onset (> 0: the topology jumped first), each list
-    sorted from nearest to farthest. ``max_lag`` drops topology jumps farther away than that.
-    """
-    capabilities = sorted(
-        (e for e in events if e.series.startswith(capability_prefix)), key=lambda e: e.onset_step
-    )
-    topology = [e for e in events if e.series.startswith(topology_prefix)]
-    report = []
-    for capability in capabilities:
-        entry: dict[str, Any] = {
-            "series": capability.series,
-            "onset_step": capability.onset_step,
-            "before": [],
-            "same": [],
-            "after": [],
-        }
-        for event in sorted(topology, key=lambda e: abs(capability.onset_step - e.onset_step)):
-            lead = capability.onset_step - event.onset_step
-            if max_lag is not None and abs(lead) > max_lag:
-                continue
-            side = "before" if lead > 0 else "after" if lead < 0 else "same"
-            entry[side].append(
-                {"series": event.series, "onset_step": event.onset_step, "lead_steps": lead}
-            )
-        report.append(entry)
-    return report

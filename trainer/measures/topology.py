@@ -15,15 +15,13 @@ metrics are scale-free.
 
 from __future__ import annotations
 
-import copy
-from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from collections.abc import Callable, Mapping
 
 import numpy as np
 import torch
 from scipy import linalg
 from scipy.sparse import csr_matrix
-from scipy.sparse.csgraph import connected_components, minimum_spanning_tree
+from scipy.sparse.csgraph import connected_components
 from scipy.spatial.distance import pdist, squareform
 
 ArrayLike = np.ndarray | torch.Tensor
@@ -160,7 +158,11 @@ def graph_metrics(adjacency: csr_matrix, labels: np.ndarray | None = None) -> di
     """Components, mean clustering, Fiedler value of the largest component, cross-label edges."""
     n_components, component = connected_components(adjacency, directed=False)
     degree = np.asarray(adjacency.sum(axis=1)).ravel()
-    triangles = np.asarray((adjacency @ adjacency).multiply(adjacency).sum(axis=1)).ravel() / 2
+    if adjacency.shape[0] <= 2048:  # dense products are far faster at the monitors' sizes
+        dense = adjacency.toarray()
+        triangles = ((dense @ dense) * dense).sum(axis=1) / 2
+    else:
+        triangles = np.asarray((adjacency @ adjacency).multiply(adjacency).sum(axis=1)).ravel() / 2
     possible = degree * (degree - 1) / 2
     clustering = np.divide(triangles, possible, out=np.zeros_like(triangles), where=possible > 0)
     largest = np.flatnonzero(component == np.bincount(component).argmax())
@@ -181,12 +183,24 @@ def h0_persistence(distances: np.ndarray) -> dict[str, float]:
     """Total and largest finite H0 bar of the Vietoris-Rips filtration, from the MST.
 
     Each MST edge is the distance at which two clusters merge, i.e. one H0 death, so this is the
-    exact H0 diagram at a fraction of ripser's cost. (scipy reads a zero distance as "no edge";
-    duplicate points would have contributed zero-length bars, so the totals are unchanged.)
+    exact H0 diagram at a fraction of ripser's cost. The tree is grown with Prim's algorithm on
+    the dense matrix (n vector steps; several times faster than a sparse MST at the few hundred
+    points the monitors use). Duplicate points contribute zero-length bars, which change neither
+    total nor maximum.
     """
-    edges = minimum_spanning_tree(distances).data
-    if edges.size == 0:
+    n = distances.shape[0]
+    if n < 2:
         return {"h0_total": 0.0, "h0_max": 0.0}
+    in_tree = np.zeros(n, dtype=bool)
+    in_tree[0] = True
+    best = distances[0].astype(np.float64, copy=True)
+    edges = np.empty(n - 1)
+    for i in range(n - 1):
+        candidates = np.where(in_tree, np.inf, best)
+        j = int(np.argmin(candidates))
+        edges[i] = candidates[j]
+        in_tree[j] = True
+        np.minimum(best, distances[j], out=best)
     return {"h0_total": float(edges.sum()), "h0_max": float(edges.max())}
 
 
@@ -204,17 +218,15 @@ def h1_persistence(
     at that quantile of pairwise distances, which roughly halves the cost; bars still alive there
     are cut at the threshold, so their lengths are lower bounds.
     """
-    from ripser import ripser
-
     points = _point_cloud(X)
     generator = np.random.default_rng(0 if rng is None else rng)
     if points.shape[0] > n_points:
         points = points[np.sort(generator.choice(points.shape[0], n_points, replace=False))]
-    distances = squareform(pdist(points))
+    condensed = pdist(points)
     threshold = np.inf
     if threshold_quantile is not None:
-        threshold = float(np.quantile(pdist(points), threshold_quantile))
-    diagram = ripser(distances, maxdim=1, thresh=threshold, distance_matrix=True)["dgms"][1]
+        threshold = float(np.quantile(condensed, threshold_quantile))
+    diagram = _rips_h1(condensed, threshold)
     lengths = np.minimum(diagram[:, 1], threshold) - diagram[:, 0]
     lengths = lengths[lengths > 0]
     return {
@@ -222,6 +234,66 @@ def h1_persistence(
         "h1_max": float(lengths.max(initial=0.0)),
         "h1_bars": float(lengths.size),
     }
+
+
+def spectrum_metrics(X: ArrayLike) -> dict[str, float]:
+    """The cheap representation metrics of ``X`` [n, d]: ``erank`` and ``pr`` (participation
+    ratio), from one SVD. Cheap enough to run every few steps (the fine schedule)."""
+    singular = _spectrum(_point_cloud(X))
+    return _check_finite({"erank": _effective_rank(singular), "pr": _participation_ratio(singular)})
+
+
+def neighbourhood_metrics(
+    X: ArrayLike,
+    labels: ArrayLike | None = None,
+    k: int = 10,
+    h1: bool = False,
+    h1_points: int = 256,
+    rng: np.random.Generator | int | None = None,
+    h1_threshold_quantile: float | None = None,
+) -> dict[str, float]:
+    """The expensive representation metrics of ``X`` [n, d], all from pairwise distances:
+    ``twonn`` (intrinsic dimension), ``knn_components``, ``knn_clustering``, ``knn_fiedler``
+    (largest component), ``knn_cross_domain`` (only with ``labels`` [n], e.g. domain ids: the
+    fraction of kNN edges that join two domains, the representation-side bridge density),
+    ``h0_total``, ``h0_max``, and with ``h1=True`` ``h1_total``, ``h1_max``, ``h1_bars``. One
+    distance matrix serves the kNN graph, TwoNN and H0.
+
+    Raises ``ValueError`` on NaN/inf input or when any metric comes out NaN/inf.
+    """
+    points = _point_cloud(X)
+    label_array = None
+    if labels is not None:
+        label_array = _to_numpy(labels, dtype=np.int64).ravel()
+        if label_array.shape[0] != points.shape[0]:
+            raise ValueError(f"{label_array.shape[0]} labels for {points.shape[0]} points")
+    distances = squareform(pdist(points))
+    metrics = {
+        "twonn": twonn_dimension(points, distances),
+        **graph_metrics(knn_graph(distances, k), label_array),
+        **h0_persistence(distances),
+    }
+    if h1:
+        metrics.update(h1_persistence(points, h1_points, h1_threshold_quantile, rng))
+    return _check_finite(metrics)
+
+
+def _rips_h1(condensed: np.ndarray, threshold: float) -> np.ndarray:
+    """The H1 diagram [n_bars, 2] of the Rips filtration of a condensed distance matrix.
+
+    Calls ripser's compiled core directly: ``ripser.ripser`` is a thin wrapper whose module
+    imports scikit-learn, seconds of start-up that the first topology evaluation would pay. The
+    core takes the upper triangle row by row as float32, which is :func:`pdist`'s order.
+    """
+    try:
+        from pyRipser import doRipsFiltrationDM
+    except ImportError:  # a ripser build without the bare extension module: the public API
+        from ripser import ripser
+
+        return ripser(squareform(condensed), maxdim=1, thresh=threshold, distance_matrix=True)["dgms"][1]
+    result = doRipsFiltrationDM(np.asarray(condensed, dtype=np.float32), 1, threshold, 2, False)
+    bars = np.asarray(result["births_and_deaths_by_dim"][1], dtype=np.float64)
+    return bars.reshape(-1, 2)
 
 
 def point_cloud_metrics(
@@ -233,33 +305,15 @@ def point_cloud_metrics(
     rng: np.random.Generator | int | None = None,
     h1_threshold_quantile: float | None = None,
 ) -> dict[str, float]:
-    """All representation metrics of one point cloud ``X`` [n, d] (e.g. hidden states of a layer).
-
-    Keys: ``erank``, ``pr`` (participation ratio), ``twonn`` (intrinsic dimension),
-    ``knn_components``, ``knn_clustering``, ``knn_fiedler`` (largest component), ``knn_cross_domain``
-    (only with ``labels`` [n], e.g. domain ids), ``h0_total``, ``h0_max``, and with ``h1=True``
-    ``h1_total``, ``h1_max``, ``h1_bars``. One distance matrix serves the kNN graph, TwoNN and H0.
+    """All representation metrics of one point cloud ``X`` [n, d] (e.g. hidden states of a layer):
+    :func:`spectrum_metrics` and :func:`neighbourhood_metrics` together.
 
     Raises ``ValueError`` on NaN/inf input or when any metric comes out NaN/inf.
     """
-    points = _point_cloud(X)
-    label_array = None
-    if labels is not None:
-        label_array = _to_numpy(labels, dtype=np.int64).ravel()
-        if label_array.shape[0] != points.shape[0]:
-            raise ValueError(f"{label_array.shape[0]} labels for {points.shape[0]} points")
-    singular = _spectrum(points)
-    distances = squareform(pdist(points))
-    metrics = {
-        "erank": _effective_rank(singular),
-        "pr": _participation_ratio(singular),
-        "twonn": twonn_dimension(points, distances),
-        **graph_metrics(knn_graph(distances, k), label_array),
-        **h0_persistence(distances),
+    return {
+        **spectrum_metrics(X),
+        **neighbourhood_metrics(X, labels, k, h1, h1_points, rng, h1_threshold_quantile),
     }
-    if h1:
-        metrics.update(h1_persistence(points, h1_points, h1_threshold_quantile, rng))
-    return _check_finite(metrics)
 
 
 def attention_metrics(attn: ArrayLike, input_ids: ArrayLike) -> dict[str, float]:
@@ -274,40 +328,45 @@ def attention_metrics(attn: ArrayLike, input_ids: ArrayLike) -> dict[str, float]
     earlier at some j < i, the attention mass on the positions j + 1 that followed those earlier
     occurrences, averaged over such queries. An induction head scores ~1 on repeated sequences.
     When no token repeats the score is undefined (not zero) and its keys are left out.
+
+    Computed with torch ops where the tensors are (on the accelerator during training), with one
+    copy of the 2H results to the host at the end: this runs on the fine schedule.
     """
-    probs = _to_numpy(attn)
-    ids = _to_numpy(input_ids, dtype=np.int64)
+    probs = torch.as_tensor(attn)
     if probs.ndim != 4 or probs.shape[2] != probs.shape[3]:
-        raise ValueError(f"attn must be [B, H, T, T], got shape {probs.shape}")
+        raise ValueError(f"attn must be [B, H, T, T], got shape {tuple(probs.shape)}")
+    probs = probs.detach().float()
+    ids = torch.as_tensor(input_ids).to(probs.device)
     batch, heads, length, _ = probs.shape
-    if ids.shape != (batch, length):
-        raise ValueError(f"input_ids must be [B, T] = {(batch, length)}, got {ids.shape}")
-    if not np.isfinite(probs).all():
-        raise ValueError("attention weights contain NaN or inf")
+    if tuple(ids.shape) != (batch, length):
+        raise ValueError(f"input_ids must be [B, T] = {(batch, length)}, got {tuple(ids.shape)}")
 
-    logs = np.log(probs, out=np.zeros_like(probs), where=probs > 0)
-    entropy = -(probs * logs).sum(axis=-1).mean(axis=(0, 2))
+    logs = torch.where(probs > 0, probs.clamp_min(torch.finfo(probs.dtype).tiny).log(), torch.zeros_like(probs))
+    entropy = -(probs * logs).sum(dim=-1).mean(dim=(0, 2))
 
-    same_token = ids[:, :, None] == ids[:, None, :]
-    earlier = np.tril(np.ones((length, length), dtype=bool), k=-1)
-    occurrence = same_token & earlier
-    follower = np.zeros_like(occurrence)
+    earlier = torch.ones(length, length, dtype=torch.bool, device=probs.device).tril(-1)
+    occurrence = (ids[:, :, None] == ids[:, None, :]) & earlier
+    follower = torch.zeros_like(occurrence)
     follower[:, :, 1:] = occurrence[:, :, :-1]
-    has_earlier = follower.any(axis=-1)
-    metrics = {f"head{head}/entropy": entropy[head] for head in range(heads)}
-    if has_earlier.any():
-        mass = (probs * follower[:, None]).sum(axis=-1)
-        prefix_match = mass.transpose(1, 0, 2)[:, has_earlier].mean(axis=1)
-        metrics.update({f"head{head}/prefix_match": prefix_match[head] for head in range(heads)})
+    has_earlier = follower.any(dim=-1)
+    n_queries = has_earlier.sum()
+    mass = (probs * follower[:, None]).sum(dim=-1)
+    prefix_match = (mass * has_earlier[:, None]).sum(dim=(0, 2)) / n_queries.clamp_min(1)
+    values = torch.cat([entropy, prefix_match, n_queries[None].to(entropy.dtype)]).tolist()
+    metrics = {f"head{head}/entropy": values[head] for head in range(heads)}
+    if values[-1] > 0:
+        metrics.update({f"head{head}/prefix_match": values[heads + head] for head in range(heads)})
     return _check_finite(metrics)
 
 
 def snapshot(named_params: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Detached CPU float64 copies of parameters, to pass later as ``previous``.
-
-    A copy is needed because the optimizer updates parameters in place.
-    """
-    return {name: p.detach().to("cpu", torch.float64).clone() for name, p in named_params.items()}
+    """Detached copies of parameters (float32 at least, on their own device), to pass later as
+    ``previous``. A copy is needed because the optimizer updates parameters in place; float32
+    holds float32 and bfloat16 weights exactly."""
+    return {
+        name: p.detach().to(torch.promote_types(p.dtype, torch.float32)).clone()
+        for name, p in named_params.items()
+    }
 
 
 def weight_metrics(
@@ -323,106 +382,40 @@ def weight_metrics(
     ``total``. The update ratio is the effective learning rate a group actually sees; a spike or
     collapse often marks a phase change. A group whose previous norm is 0 (a zero-initialised
     bias) has no defined ratio, and its ``update_ratio`` key is omitted rather than reported inf.
+
+    The sums of squares are taken in float64 where the parameters live, and copied to the host
+    once (this runs on the fine schedule).
     """
     group_of = group_of or (lambda name: name)
-    squares: dict[str, float] = {}
-    previous_squares: dict[str, float] = {}
-    update_squares: dict[str, float] = {}
-    for name, param in named_params.items():
-        current = param.detach().to("cpu", torch.float64)
-        for group in (group_of(name), "total"):
-            squares[group] = squares.get(group, 0.0) + float(current.square().sum())
+    names = list(named_params)
+    if not names:
+        return {}
+    sums = []
+    for name in names:
+        current = named_params[name].detach().double()
+        sums.append(current.square().sum())
         if previous is None:
             continue
         if name not in previous:
             raise ValueError(f"parameter {name!r} is missing from the previous snapshot")
-        before = previous[name].detach().to("cpu", torch.float64)
+        before = previous[name].detach().to(current.device, torch.float64)
         if before.shape != current.shape:
-            raise ValueError(f"parameter {name!r} changed shape {before.shape} -> {current.shape}")
+            raise ValueError(f"parameter {name!r} changed shape {tuple(before.shape)} -> {tuple(current.shape)}")
+        sums += [before.square().sum(), (current - before).square().sum()]
+    flat = torch.stack([t.to(sums[0].device) for t in sums]).cpu().tolist()
+    per_name = 1 if previous is None else 3
+    squares: dict[str, float] = {}
+    previous_squares: dict[str, float] = {}
+    update_squares: dict[str, float] = {}
+    for i, name in enumerate(names):
+        values = flat[i * per_name : (i + 1) * per_name]
         for group in (group_of(name), "total"):
-            previous_squares[group] = previous_squares.get(group, 0.0) + float(
-                before.square().sum()
-            )
-            update_squares[group] = update_squares.get(group, 0.0) + float(
-                (current - before).square().sum()
-            )
-
+            squares[group] = squares.get(group, 0.0) + values[0]
+            if previous is not None:
+                previous_squares[group] = previous_squares.get(group, 0.0) + values[1]
+                update_squares[group] = update_squares.get(group, 0.0) + values[2]
     metrics = {f"{group}/norm": np.sqrt(value) for group, value in squares.items()}
     for group, value in previous_squares.items():
         if value > 0:
             metrics[f"{group}/update_ratio"] = np.sqrt(update_squares[group] / value)
     return _check_finite(metrics)
-
-
-def estimate_llc(
-    model: torch.nn.Module,
-    loss_fn: Callable[[torch.nn.Module, Any], torch.Tensor],
-    batches: Sequence[Any],
-    dataset_size: int,
-    steps: int = 200,
-    burn_in: int = 50,
-    lr: float = 1e-4,
-    localization: float = 100.0,
-    beta: float | None = None,
-    chains: int = 1,
-    seed: int = 0,
-) -> dict[str, float]:
-    """Local learning coefficient at the model's current weights w*, by SGLD (Lau et al. 2023).
-
-    lambda_hat = n beta (E[L_n(w)] - L_n(w*)), the expectation over the tempered posterior
-    exp(-n beta L_n(w) - localization/2 |w - w*|^2) sampled with SGLD steps
-    dw = -lr/2 (n beta grad L_batch(w) + localization (w - w*)) + N(0, lr).
-    A lower LLC means a more degenerate, simpler solution; drops often accompany phase changes.
-
-    ``loss_fn(model, batch)`` returns the mean loss of a batch; ``batches`` are cycled through and
-    also define L_n(w*); ``dataset_size`` is n; ``beta`` defaults to 1 / log n. The chains run on a
-    deep copy in eval mode (no dropout) with their own generators: the training model's parameters
-    and the global RNGs are left exactly as they were. A too large ``lr`` makes the chain diverge;
-    that raises ``ValueError`` rather than returning a meaningless number. (The localization term
-    biases the estimate down by about n beta / (n beta + localization / 2) for a regular model.)
-    Keys: ``llc/mean``, ``llc/std`` (across chains), ``llc/init_loss``.
-    """
-    if not batches:
-        raise ValueError("estimate_llc needs at least one batch")
-    if not 0 <= burn_in < steps:
-        raise ValueError(f"burn_in must be in [0, steps) = [0, {steps}), got {burn_in}")
-    beta = 1.0 / np.log(dataset_size) if beta is None else beta
-    n_beta = dataset_size * beta
-    sampler = copy.deepcopy(model).eval()
-    params = [p for p in sampler.parameters() if p.requires_grad]
-    anchor = [p.detach().clone() for p in params]
-    generators: dict[torch.device, torch.Generator] = {}
-    for offset, device in enumerate(dict.fromkeys(p.device for p in params)):
-        generators[device] = torch.Generator(device=device).manual_seed(seed + offset)
-
-    with torch.no_grad():
-        init_loss = float(np.mean([float(loss_fn(sampler, batch)) for batch in batches]))
-    estimates = []
-    with torch.enable_grad():
-        for _ in range(chains):
-            with torch.no_grad():
-                for p, a in zip(params, anchor):
-                    p.copy_(a)
-            losses = []
-            for step in range(steps):
-                loss = loss_fn(sampler, batches[step % len(batches)])
-                grads = torch.autograd.grad(loss, params)
-                with torch.no_grad():
-                    for p, grad, a in zip(params, grads, anchor):
-                        noise = torch.randn(
-                            p.shape, generator=generators[p.device], device=p.device, dtype=p.dtype
-                        )
-                        p.add_(-0.5 * lr * (n_beta * grad + localization * (p - a)))
-                        p.add_(noise, alpha=float(np.sqrt(lr)))
-                if step >= burn_in:
-                    losses.append(float(loss.detach()))
-            if not np.isfinite(losses).all():
-                raise ValueError(f"SGLD chain diverged: lower lr (now {lr}) or raise localization")
-            estimates.append(n_beta * (np.mean(losses) - init_loss))
-    return _check_finite(
-        {
-            "llc/mean": float(np.mean(estimates)),
-            "llc/std": float(np.std(estimates)),
-            "llc/init_loss": init_loss,
-        }
-    )

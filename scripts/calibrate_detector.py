@@ -1,0 +1,117 @@
+"""False alarms of the jump detector on real runs where nothing emerges.
+
+Replays the detector (the run's own ``callbacks.jumps`` settings) over every ``probe/`` and
+``topo/`` series of each run's ``csv/metrics.csv`` and counts the events whose onset lies in the
+calibration window, per series-evaluation. Runs where nothing should be flagged: burstiness 0
+(``data.p_bursty=0``: no in-context learning to emerge), and the converged tail of a long default
+run. A window is given as ``RUN_DIR:FROM_STEP`` (evaluations before FROM_STEP feed the detector's
+history but are not counted: the first steps of any run are the fast, real changes of early
+training).
+
+    .venv/bin/python scripts/calibrate_detector.py RUN_DIR[:FROM_STEP] ... [--n-eval 256]
+
+Prints one table per series family (probes, cheap topology, expensive topology, counts), the
+flags, and the simulated-curve counterpart is ``scripts/eval_jump_detector.py``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+from collections import defaultdict
+from pathlib import Path
+
+import yaml
+
+from trainer.measures.jumps import JumpDetector
+
+COUNTS = ("knn_components", "h1_bars")
+EXPENSIVE = ("twonn", "knn_", "h0_", "h1_")
+
+
+def family(series: str) -> str:
+    if series.startswith("probe/"):
+        return "probe"
+    metric = series.rsplit("/", 1)[-1]
+    if metric in COUNTS:
+        return "topo: count-valued"
+    if metric.startswith(EXPENSIVE):
+        return "topo: expensive (log + bursts)"
+    return "topo: cheap (every 25)"
+
+
+def read_series(run: Path) -> dict[str, list[tuple[int, float]]]:
+    series: dict[str, list[tuple[int, float]]] = defaultdict(list)
+    with (run / "csv" / "metrics.csv").open() as f:
+        for row in csv.DictReader(f):
+            for key, value in row.items():
+                if key.startswith(("probe/", "topo/")) and value not in ("", None):
+                    series[key].append((int(row["step"]), float(value)))
+    return {k: sorted(v) for k, v in series.items()}
+
+
+def detector(run: Path, topology_min_rel_size: float | None) -> JumpDetector:
+    """The detector JumpWatch builds from the run's ``callbacks.jumps`` (or the defaults)."""
+    config = run / ".hydra" / "config.yaml"
+    jumps = (yaml.safe_load(config.read_text()).get("callbacks") or {}).get("jumps") or {} if config.exists() else {}
+    settings = {k: jumps[k] for k in ("min_history", "z_confirm", "min_rel_size") if k in jumps}
+    topo = topology_min_rel_size if topology_min_rel_size is not None else jumps.get("topology_min_rel_size", 0.07)
+    return JumpDetector(**settings, min_rel_size_by_prefix={"topo/": topo})
+
+
+def replay(run: Path, from_step: int, n_eval: int, topology_min_rel_size: float | None,
+           all_series: bool) -> tuple[dict, list]:
+    """Per family: [series-evaluations, flags]; and the flagged events. The expensive series
+    are not fed to the online detector (trainer/monitors/topology_probe.py): left out unless
+    ``all_series``."""
+    watch = detector(run, topology_min_rel_size)
+    tally: dict[str, list[int]] = defaultdict(lambda: [0, 0])
+    flags = []
+    for name, points in read_series(run).items():
+        if not all_series and family(name).startswith(("topo: expensive", "topo: count")):
+            continue
+        n = n_eval if name.endswith("/acc") else None
+        for step, value in points:
+            events = watch.update(name, step, value, n)
+            tally[family(name)][0] += step >= from_step
+            for event in events:
+                if event.onset_step >= from_step:
+                    tally[family(name)][1] += 1
+                    flags.append((run.name, event))
+    return tally, flags
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("runs", nargs="+", help="RUN_DIR or RUN_DIR:FROM_STEP")
+    parser.add_argument("--n-eval", type=int, default=128, help="rows behind each probe accuracy")
+    parser.add_argument("--topology-min-rel-size", type=float, default=None,
+                        help="override the run's callbacks.jumps.topology_min_rel_size")
+    parser.add_argument("--all-series", action="store_true",
+                        help="also replay the expensive series the online detector does not watch")
+    args = parser.parse_args()
+    total: dict[str, list[int]] = defaultdict(lambda: [0, 0])
+    all_flags = []
+    print(f"{'run (from step)':<34} {'family':<32} {'evaluations':>11} {'flags':>6} {'per 1000':>9}")
+    print("-" * 96)
+    for spec in args.runs:
+        path, _, start = spec.partition(":")
+        run, from_step = Path(path), int(start or 0)
+        tally, flags = replay(run, from_step, args.n_eval, args.topology_min_rel_size, args.all_series)
+        all_flags += flags
+        for name, (evaluations, n_flags) in sorted(tally.items()):
+            total[name][0] += evaluations
+            total[name][1] += n_flags
+            print(f"{f'{run.name} ({from_step})':<34} {name:<32} {evaluations:>11} {n_flags:>6} "
+                  f"{1000 * n_flags / max(evaluations, 1):>9.2f}")
+    print("-" * 96)
+    for name, (evaluations, n_flags) in sorted(total.items()):
+        print(f"{'all runs':<34} {name:<32} {evaluations:>11} {n_flags:>6} "
+              f"{1000 * n_flags / max(evaluations, 1):>9.2f}")
+    for run_name, event in all_flags:
+        print(f"flag: {run_name} {event.series} onset {event.onset_step} (confirmed {event.step}) "
+              f"{event.size:+.4g} score {event.score:.1f}")
+
+
+if __name__ == "__main__":
+    main()

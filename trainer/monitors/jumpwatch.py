@@ -1,0 +1,115 @@
+"""The online jump detector as a callback: every series the other monitors publish goes through it."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+
+from trainer.measures.jumps import JumpDetector
+from trainer.measures.leadlag import lead_lag
+
+log = logging.getLogger("emergence_lab")
+
+
+class JumpWatch(L.Callback):
+    """Owns the jump detector; the other monitors report their series to it via :meth:`observe`."""
+
+    def __init__(self, min_history: int = 6, z_confirm: float = 3.5, min_rel_size: float = 0.02,
+                 topology_min_rel_size: float = 0.07,
+                 watch_prefixes: tuple[str, ...] = ("probe/", "topo/")) -> None:
+        self.detector = JumpDetector(min_history=min_history, z_confirm=z_confirm,
+                                     min_rel_size=min_rel_size,
+                                     min_rel_size_by_prefix={"topo/": topology_min_rel_size})
+        self.watch_prefixes = tuple(watch_prefixes)
+        self.invalid: list[dict[str, Any]] = []
+        self.trainer: L.Trainer | None = None
+
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        self.trainer = trainer
+        self.events_path = Path(trainer.default_root_dir) / "events.jsonl"
+
+    def observe(self, step: int, values: dict[str, float], n_eval: dict[str, int] | None = None) -> None:
+        """Feed one evaluation of some series to the detector; log and record what it confirms."""
+        trainer = self.trainer
+        if step == 0:
+            # The evaluation after the first batch measures the initialisation, not learning: its
+            # jump to the early plateau (an accuracy of 0 before the answer format is learned)
+            # would sit in the noise history for 16 evaluations and hide the next real rise.
+            # It is logged like any other; the detector starts with the second evaluation.
+            return
+        new = []
+        for series, value in values.items():
+            if series.startswith(self.watch_prefixes):
+                new += self.detector.update(series, step, value, (n_eval or {}).get(series))
+        if not new or trainer is None:
+            return
+        events = [self._event_dict(e) for e in new]
+        for event in events:
+            log.info("jump in %s at step %d (onset %d): %+.3f (score %.1f)", event["series"],
+                     event["step"], event["onset_step"], event["size"], event["score"])
+        self._append(events)
+        for logger in trainer.loggers:
+            logger.log_metrics({f"jump/{e['series']}": e["size"] for e in events}, step=step)
+            _wandb_alert(logger, events)
+
+    def pending(self, prefixes: tuple[str, ...] = ("probe/",)) -> list[str]:
+        """Series (among ``prefixes``) with a candidate jump the detector has not yet confirmed or
+        dropped: the pre-alarm the topology monitor densifies its expensive metrics on."""
+        return [name for name in self.detector.pending() if name.startswith(prefixes)]
+
+    def _event_dict(self, event) -> dict[str, Any]:
+        # The event's step is the index of the batch just trained on (see common.log_step): after
+        # it, step + 1 batches have been seen.
+        tokens_per_step = self.trainer.lightning_module.tokens_per_step
+        return {**event.to_dict(), "tokens": (event.step + 1) * tokens_per_step}
+
+    def events(self) -> list[dict[str, Any]]:
+        return [self._event_dict(e) for e in self.detector.events]
+
+    def _append(self, events: list[dict[str, Any]]) -> None:
+        if self.trainer.is_global_zero:
+            with (self.events_path).open("a") as f:
+                f.writelines(json.dumps(e) + "\n" for e in events)
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        # After a resume the detector holds exactly the events up to the checkpoint: the file is
+        # rewritten from it, so events confirmed after the checkpoint are not listed twice.
+        if trainer.is_global_zero:
+            self.events_path.write_text("")
+            self._append(self.events())
+
+    def report_invalid(self, step: int, series: str, error: str) -> None:
+        """A metric that came out undefined (NaN, a degenerate point cloud): recorded, not logged.
+        Warned about once per series; summary.json counts every occurrence."""
+        entry = next((e for e in self.invalid if e["series"] == series), None)
+        if entry is None:
+            log.warning("step %d: %s is undefined and is not logged (%s)", step, series, error)
+            self.invalid.append({"series": series, "first_step": step, "count": 1, "error": error})
+        else:
+            entry["count"] += 1
+
+    def lead_lag(self) -> list[dict[str, Any]]:
+        """summary.json's ``lead_lag``: :func:`trainer.measures.leadlag.lead_lag` of the events."""
+        return lead_lag(self.events())
+
+    def state_dict(self) -> dict[str, Any]:
+        return {**self.detector.state_dict(), "invalid": self.invalid}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.detector.load_state_dict(state_dict)
+        self.invalid = list(state_dict.get("invalid", []))
+
+
+def _wandb_alert(logger, events: list[dict[str, Any]]) -> None:
+    from lightning.pytorch.loggers import WandbLogger
+
+    if not isinstance(logger, WandbLogger):
+        return
+    run = logger.experiment
+    for e in events:
+        run.alert(title=f"jump in {e['series']}",
+                  text=f"step {e['step']} (onset {e['onset_step']}): {e['size']:+.3f}, score {e['score']:.1f}")

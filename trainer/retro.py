@@ -1,0 +1,394 @@
+"""``elab-retro RUN_DIR``: the monitors recomputed on a run's checkpoint trail, and what came first.
+
+Online, a run measures what it can afford: the expensive representation metrics (kNN graph, H0,
+H1) and the LLC only now and then, and the detector flags a jump a few evaluations after it
+happened. Offline, the checkpoint trail (``checkpoints/step-<n>.ckpt``, :mod:`trainer.trail`)
+holds the model at many steps, so this command measures everything again, densely where it
+matters: every trail checkpoint within ``--window`` steps of each detected jump's onset
+(``events.jsonl``), plus ``--sparse`` checkpoints spread log-uniformly over the rest of the run.
+The LLC, which costs as much as a few hundred training steps per checkpoint, runs on
+``--llc-points`` of them, half near the jumps.
+
+Writes, in ``RUN_DIR/retro/``:
+
+``metrics.csv``   one row per checkpoint: ``step`` (the step the online monitors log a measurement
+                  of that model at: its ``global_step`` - 1), ``global_step``, and every series
+                  (``probe/...``, ``topo/...``, ``llc/...``). Re-running skips the checkpoints
+                  already there, so an interrupted pass resumes.
+``retro.png``     the capabilities that jumped, the LLC and the series that led, by step.
+``lead_lag.json`` per capability jump, every series whose change onset precedes, coincides with
+                  or follows it, by how many steps and at what resolution (``trainer.measures.
+                  leadlag``); onsets from the lab's one jump detector run over the retro series,
+                  and from the online events where the retro pass found none.
+
+The model and data are rebuilt from ``RUN_DIR/.hydra/config.yaml`` as ``elab-train`` builds them,
+and the measurements are the online monitors' own functions (``score_probe``, the pure functions
+of ``trainer.measures``) with the settings of the run's callback config.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from trainer.config import ConfigError
+from trainer.retro_measure import load_setup, load_weights, measure
+
+log = logging.getLogger("emergence_lab")
+MONITORS = ("probes", "topology", "llc")
+PREFIX = {"probes": "probe/", "topology": "topo/", "llc": "llc/"}
+
+
+def checkpoints(run_dir: Path) -> dict[int, Path]:
+    """Trail checkpoints by global step, and ``last.ckpt`` when its step is not on the trail."""
+    import torch
+
+    from trainer.trail import trail_steps
+
+    found = trail_steps(run_dir / "checkpoints")
+    last = run_dir / "checkpoints" / "last.ckpt"
+    if last.is_file():
+        step = int(torch.load(last, map_location="cpu", weights_only=True, mmap=True)["global_step"])
+        found.setdefault(step, last)
+    return dict(sorted(found.items()))
+
+
+def read_events(run_dir: Path) -> list[dict[str, Any]]:
+    path = run_dir / "events.jsonl"
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def _near(step: int, onsets: Sequence[int], window: int) -> bool:
+    """Whether the checkpoint at global ``step`` lies within ``window`` of an onset (a log step)."""
+    return any(abs((step - 1) - onset) <= window for onset in onsets)
+
+
+def _log_uniform(steps: Sequence[int], k: int) -> set[int]:
+    """``k`` of ``steps`` spread log-uniformly, the first and last among them (for k >= 2)."""
+    if not steps or k <= 0:
+        return set()
+    targets = np.log(np.geomspace(steps[0], steps[-1], num=min(k, len(steps))))
+    return {steps[int(np.argmin(np.abs(np.log(steps) - t)))] for t in targets}
+
+
+def choose_steps(available: Sequence[int], onsets: Sequence[int], window: int, sparse: int) -> list[int]:
+    """Every available global step within ``window`` of an onset (given as log steps), plus
+    ``sparse`` others spread log-uniformly (the first and last among them)."""
+    available = sorted(available)
+    dense = {s for s in available if _near(s, onsets, window)}
+    return sorted(dense | _log_uniform([s for s in available if s not in dense], sparse))
+
+
+def llc_steps(chosen: Sequence[int], onsets: Sequence[int], window: int, points: int) -> set[int]:
+    """The chosen checkpoints the LLC runs on (each estimate costs as many forward and backward
+    passes as a few hundred training steps): ``points`` of them (0: all), half spread evenly over
+    those near an onset, the rest log-uniformly over the others."""
+    chosen = sorted(chosen)
+    if points <= 0 or points >= len(chosen):
+        return set(chosen)
+    near = [s for s in chosen if _near(s, onsets, window)]
+    far = [s for s in chosen if s not in near]
+    k_near = min(len(near), points // 2 if far else points)
+    picked = {near[i] for i in np.linspace(0, len(near) - 1, k_near).round().astype(int)} if k_near else set()
+    return picked | _log_uniform(far, points - len(picked))
+
+
+def read_rows(path: Path) -> dict[int, dict[str, float]]:
+    if not path.is_file():
+        return {}
+    with path.open() as f:
+        return {int(r["global_step"]): {k: int(v) if k in ("step", "global_step") else float(v)
+                                        for k, v in r.items() if v not in ("", None)}
+                for r in csv.DictReader(f)}
+
+
+def write_rows(path: Path, rows: dict[int, dict[str, float]]) -> None:
+    """All rows, sorted by step, columns the union of every row's series; written atomically."""
+    columns = ["step", "global_step"] + sorted({k for r in rows.values() for k in r} - {"step", "global_step"})
+    tmp = path.with_suffix(".tmp")
+    with tmp.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=columns)
+        writer.writeheader()
+        for global_step in sorted(rows):
+            writer.writerow({k: (int(v) if k in ("step", "global_step") else repr(v))
+                             for k, v in rows[global_step].items()})
+    os.replace(tmp, path)
+
+
+def detect_onsets(rows: dict[int, dict[str, float]], cfg: Any, n_eval: dict[str, int]) -> list[dict[str, Any]]:
+    """The lab's jump detector (with the run's settings) run over every retro series but the
+    LLC's diagnostics: its confirmed events, each with the ``resolution`` of its onset (the steps
+    since the series' previous checkpoint), marked ``source: retro``."""
+    from trainer.monitors import JumpWatch
+
+    # The detector exactly as the run's JumpWatch builds it from the same config entry.
+    jumps_cfg = (cfg.get("callbacks") or {}).get("jumps") or {}
+    detector = JumpWatch(**{k: v for k, v in jumps_cfg.items() if k != "_target_"}).detector
+    # The LLC's chains, spread, R-hat and initial loss are diagnostics of one estimate, not series.
+    series = sorted(k for k in {k for r in rows.values() for k in r} - {"step", "global_step"}
+                    if not k.startswith("llc/") or k == "llc/mean")
+    previous: dict[tuple[str, int], int] = {}
+    for name in series:
+        last = None
+        for global_step in sorted(rows):
+            value = rows[global_step].get(name)
+            if value is None:
+                continue
+            step = global_step - 1
+            if last is not None:
+                previous[(name, step)] = last
+            last = step
+            detector.update(name, step, value, n_eval.get(name))
+    events = []
+    for event in detector.events:
+        entry = event.to_dict()
+        before = previous.get((event.series, event.onset_step))
+        entry.setdefault("resolution", 0 if before is None else event.onset_step - before)
+        events.append({**entry, "source": "retro"})
+    return events
+
+
+def lead_lag_report(retro_events: list[dict], online_events: list[dict], window: int) -> list[dict]:
+    """Per capability jump, every other series' onset before / at / after it, within ``window``
+    steps (farther, the trail is sparse and an onset there says nothing about this jump).
+
+    Retro onsets are preferred (finer resolution); an online event is added where the retro pass
+    found no event of that series within ``window`` steps of it (it may lie outside the trail, or
+    the retro series is sparser there than the online one)."""
+    events = list(retro_events)
+    for event in online_events:
+        if not any(e["series"] == event["series"] and abs(e["onset_step"] - event["onset_step"]) <= window
+                   for e in retro_events):
+            events.append({**event, "source": "online"})
+    from trainer.measures.leadlag import lead_lag
+
+    source = {(e["series"], e["onset_step"]): e["source"] for e in events}
+    report = lead_lag(events, max_lag=window)
+    for entry in report:
+        entry["source"] = source.get((entry["series"], entry["onset_step"]))
+        for side in ("before", "same", "after"):
+            for item in entry[side]:
+                item["source"] = source.get((item["series"], item["onset_step"]))
+    return report
+
+
+def retro(run_dir: Path, monitors: Sequence[str] = MONITORS, steps: Sequence[int] | None = None,
+          window: int = 200, sparse: int = 16, llc_points: int = 12, progress: bool = True,
+          device: str | None = None) -> dict[str, Any]:
+    """Measure the chosen checkpoints (skipping those already in ``retro/metrics.csv``), then
+    write ``metrics.csv`` and ``lead_lag.json``; returns the lead-lag report's content."""
+    from tqdm import tqdm
+
+    from trainer.llc_monitor import llc_batches
+
+    unknown = sorted(set(monitors) - set(MONITORS))
+    if unknown:
+        raise ConfigError(f"--monitors {','.join(unknown)}: not one of {', '.join(MONITORS)}")
+    available = checkpoints(run_dir)
+    if not available:
+        raise ConfigError(f"run_dir={str(run_dir)!r}: no checkpoints (checkpoints/step-<n>.ckpt or last.ckpt)")
+    online = read_events(run_dir)
+    onsets = [int(e["onset_step"]) for e in online]
+    if steps is None:
+        chosen = choose_steps(list(available), onsets, window, sparse)
+    else:
+        missing = sorted(set(steps) - set(available))
+        if missing:
+            raise ConfigError(f"--steps {missing}: no such checkpoint; the trail has {sorted(available)}")
+        chosen = sorted(steps)
+    out_dir = run_dir / "retro"
+    out_dir.mkdir(exist_ok=True)
+    rows = read_rows(out_dir / "metrics.csv")
+    # Resumable: a checkpoint is measured by the monitors whose series its row does not hold yet.
+    with_llc = llc_steps(chosen, onsets, window, llc_points)
+    todo = {s: [m for m in monitors if not any(k.startswith(PREFIX[m]) for k in rows.get(s, {}))
+                and (m != "llc" or s in with_llc)]
+            for s in chosen}
+    todo = {s: missing for s, missing in todo.items() if missing}
+    setup = load_setup(run_dir, device)
+    if any("llc" in missing for missing in todo.values()):
+        setup.llc_batches = llc_batches(setup.sampler, setup.llc.n_batches, setup.llc.batch_size, setup.device)
+    problems: dict[int, list[str]] = {}
+    for global_step in tqdm(todo, desc="elab-retro", unit="ckpt", disable=not progress, file=sys.stderr):
+        load_weights(setup, available[global_step])
+        values, problems[global_step] = measure(setup, todo[global_step])
+        rows[global_step] = {**rows.get(global_step, {}), "step": global_step - 1,
+                             "global_step": global_step, **values}
+        write_rows(out_dir / "metrics.csv", rows)
+    n_eval = {f"probe/{p.name}/acc": min(len(p.batch["input_ids"]), setup.probe_rows) for p in setup.probes}
+    retro_events = detect_onsets(rows, setup.cfg, n_eval)
+    report = {
+        "run_dir": str(run_dir.resolve()),
+        "checkpoints": [rows[s]["step"] for s in sorted(rows)],
+        "window": window,
+        "step_convention": "step = global_step - 1, as in csv/metrics.csv and events.jsonl",
+        "lead_lag": lead_lag_report(retro_events, online, window),
+        "retro_events": retro_events,
+        "problems": {str(s - 1): p for s, p in problems.items() if p},
+    }
+    (out_dir / "lead_lag.json").write_text(json.dumps(report, indent=1))
+    plot_retro(rows, report, out_dir / "retro.png")
+    return report
+
+
+def plot_retro(rows: dict[int, dict[str, float]], report: dict[str, Any], out_png: Path) -> None:
+    """``retro/retro.png``: each capability that jumped (or every one, if none did), the LLC (mean
+    and chain spread), and the series nearest to leading the largest jump, onsets marked."""
+    from matplotlib.figure import Figure
+
+    def points(name: str) -> tuple[list[int], list[float]]:
+        steps = [r["step"] for _, r in sorted(rows.items()) if name in r]
+        return steps, [r[name] for _, r in sorted(rows.items()) if name in r]
+
+    jumps = report["lead_lag"]
+    names = sorted({k for r in rows.values() for k in r})
+    panels = list(dict.fromkeys(j["series"] for j in jumps)) or [
+        n for n in names if n.startswith("probe/") and n.endswith(("/acc", "/loss"))]
+    panels += ["llc/mean"] if any("llc/mean" in r for r in rows.values()) else []
+    # Sizes compare only within a unit: the largest accuracy jump, else the largest jump.
+    main = max(jumps, key=lambda j: (j["series"].endswith("/acc"), abs(j.get("size") or 0.0))) if jumps else None
+    if main is not None:
+        panels += [item["series"] for item in (main["before"] + main["same"])[:4]
+                   if item["series"] not in panels]
+    if not panels:
+        return
+    fig = Figure(figsize=(4.5 * min(3, len(panels)), 3.0 * ((len(panels) + 2) // 3) + 0.5), layout="constrained")
+    axes = fig.subplots((len(panels) + 2) // 3, min(3, len(panels)), squeeze=False).ravel()
+    onsets: dict[str, list[int]] = {}
+    for event in report["retro_events"]:
+        onsets.setdefault(event["series"], []).append(event["onset_step"])
+    for ax, name in zip(axes, panels):
+        steps, values = points(name)
+        ax.plot(steps, values, marker=".", markersize=4, linewidth=1)
+        if name == "llc/mean":
+            std = np.asarray([r.get("llc/std", 0.0) for _, r in sorted(rows.items()) if name in r])
+            ax.fill_between(steps, np.asarray(values) - std, np.asarray(values) + std, alpha=0.3)
+        if main is not None:
+            ax.axvline(main["onset_step"], color="C3", linestyle="--", linewidth=1)
+        for onset in onsets.get(name, []):
+            ax.axvline(onset, color="C2", linestyle=":", linewidth=1.5)
+        ax.set_xscale("symlog", linthresh=100)
+        ax.set_xlim(left=0)
+        ax.set_title(name, fontsize=9)
+        ax.tick_params(labelsize=7)
+    for ax in axes[len(panels):]:
+        ax.set_visible(False)
+    largest = f"; red dashed: onset of {main['series']} at {main['onset_step']}" if main else ""
+    fig.suptitle(f"elab-retro: {len(rows)} checkpoints{largest} (the largest jump, with the series "
+                 f"nearest to leading it); green dotted: each series' own onsets", fontsize=9)
+    fig.savefig(out_png, dpi=100, metadata={"Software": None})
+
+
+def calibrate(run_dir: Path, global_step: int | None, lrs: Sequence[float], n_betas: Sequence[float] | None,
+              device: str | None = None) -> list[dict[str, Any]]:
+    """:func:`trainer.measures.llc.calibrate_llc` on one checkpoint (default: the last), with the
+    run's LLC settings for everything but the grid."""
+    from trainer.llc_monitor import llc_batches, lm_loss
+    from trainer.measures.llc import calibrate_llc
+
+    available = checkpoints(run_dir)
+    if not available:
+        raise ConfigError(f"run_dir={str(run_dir)!r}: no checkpoints")
+    global_step = max(available) if global_step is None else global_step
+    if global_step not in available:
+        raise ConfigError(f"--calibrate-llc {global_step}: no such checkpoint; the trail has {sorted(available)}")
+    setup = load_setup(run_dir, device)
+    load_weights(setup, available[global_step])
+    llc = setup.llc
+    batches = llc_batches(setup.sampler, llc.n_batches, llc.batch_size, setup.device)
+    settings = {k: llc.settings[k] for k in ("steps", "burn_in", "localization", "chains", "seed")}
+    n = llc.n_batches * llc.batch_size
+    return calibrate_llc(setup.model, lm_loss, batches, n, lrs=lrs, n_betas=n_betas, **settings)
+
+
+def _floats(text: str) -> list[float]:
+    return [float(x) for x in text.split(",") if x]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="elab-retro", description="Recompute the monitors on a run's checkpoint trail "
+        "(densely around its jumps) and report which series changed first.")
+    parser.add_argument("run_dir", type=Path)
+    parser.add_argument("--monitors", default=",".join(MONITORS),
+                        help=f"comma-separated subset of {','.join(MONITORS)} (default: all)")
+    parser.add_argument("--steps", help="comma-separated global steps of the checkpoints to measure "
+                        "(default: dense around each jump, sparse elsewhere)")
+    parser.add_argument("--all", action="store_true", help="every checkpoint of the trail")
+    parser.add_argument("--window", type=int, default=200, help="steps either side of a jump's "
+                        "onset where every checkpoint is measured (default 200)")
+    parser.add_argument("--sparse", type=int, default=16, help="checkpoints measured elsewhere (default 16)")
+    parser.add_argument("--llc-points", type=int, default=12, help="checkpoints the LLC runs on, "
+                        "half of them near the jumps (default 12; 0: every measured checkpoint)")
+    parser.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--calibrate-llc", nargs="?", const=-1, type=int, metavar="STEP",
+                        help="instead: the LLC over a grid of step sizes and n*beta on one checkpoint "
+                        "(default the last), with which settings are stable")
+    parser.add_argument("--lrs", type=_floats, default=[1e-5, 3e-5, 1e-4, 3e-4, 1e-3],
+                        help="step sizes of the calibration grid")
+    parser.add_argument("--n-betas", type=_floats, help="n*beta values of the calibration grid "
+                        "(default: n/log n, a tenth and ten times that)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    try:
+        if args.calibrate_llc is not None:
+            step = None if args.calibrate_llc < 0 else args.calibrate_llc
+            rows = calibrate(args.run_dir, step, args.lrs, args.n_betas, args.device)
+            print(f"{'lr':>9} {'n_beta':>9} {'llc':>9} {'std':>8} {'rhat':>6}  stable  problems")
+            for r in rows:
+                print(f"{r['lr']:9.2g} {r['n_beta']:9.3g} {r['llc_mean']:9.3g} {r['llc_std']:8.3g} "
+                      f"{r['rhat']:6.2f}  {'yes' if r['stable'] else 'no ':6}  {'; '.join(r['problems'])}")
+            return 0
+        steps = None
+        if args.all:
+            steps = list(checkpoints(args.run_dir))
+        elif args.steps:
+            steps = [int(s) for s in args.steps.split(",") if s]
+        monitors = [m for m in args.monitors.split(",") if m]
+        report = retro(args.run_dir, monitors, steps, args.window, args.sparse, args.llc_points,
+                       progress=not args.no_progress, device=args.device)
+    except ValueError as exc:  # bad input names its option: a message, exit 2, no traceback
+        print(f"elab-retro: error: {exc}", file=sys.stderr)
+        return 2
+    _print_report(args.run_dir, report)
+    return 0
+
+
+def _print_report(run_dir: Path, report: dict[str, Any]) -> None:
+    print(f"{run_dir / 'retro' / 'metrics.csv'}: {len(report['checkpoints'])} checkpoints "
+          f"(steps {', '.join(map(str, report['checkpoints']))})")
+    print(f"{run_dir / 'retro' / 'lead_lag.json'}")
+    if not report["lead_lag"]:
+        print("  no capability jump")
+    for jump in report["lead_lag"]:
+        print(f"  {jump['series']}: onset step {jump['onset_step']} "
+              f"(+-{jump.get('resolution', '?')}, {jump.get('source')})")
+        led = jump["before"] + jump["same"]
+        if not led:
+            print("    no series changed before or with it")
+        for item in led[:12]:
+            print(f"    {item['series']:<40} onset {item['onset_step']:>6}  lead {item['lead_steps']:>+5} "
+                  f"steps (resolution {item.get('resolution', '?')}, {item.get('source')})")
+        if len(led) > 12:
+            print(f"    ... {len(led) - 12} more in lead_lag.json")
+    for step, problems in report["problems"].items():
+        for problem in problems:
+            if problem.startswith("llc"):
+                log.warning("step %s: %s", step, problem)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
