@@ -25,6 +25,15 @@ Result keys carry no prefix (the trainer logs them as ``data/<key>``):
 ``docs_per_sequence``     mean distinct documents per sequence, and
 ``fragment_length``       mean length (tokens) of a contiguous run of one document in a sequence;
                           both only when batches carry a ``doc_id`` int64 [B, T] key (-1 = none).
+``vendi_score``           the effective number of distinct sequences in the window (Friedman &
+                          Dieng 2023): exp of the entropy of the eigenvalues of K/N, K the cosine
+                          similarity kernel of the sequences' hashed uni+bigram profiles. 1 = all
+                          sequences alike, N = all orthogonal; the same quantity as the effective
+                          rank of the profile matrix. It sees near-duplicates that
+                          ``repetition_factor`` (exact repeats only) does not.
+``compression_ratio``     raw bytes / zlib-compressed bytes of the window's token stream: higher =
+                          more redundant text (Shaib et al. 2024 report it as the cheapest diversity
+                          score that tracks the others).
 
 plus each key of ``extra`` (the source's ``batch_stats``) averaged over the window's batches
 that reported it.
@@ -34,6 +43,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import zlib
 from collections import deque
 from collections.abc import Mapping
 
@@ -52,7 +62,14 @@ GENERIC_KEYS = (
     "repetition_factor",
     "docs_per_sequence",
     "fragment_length",
+    "vendi_score",
+    "compression_ratio",
 )
+# Width of the hashed n-gram profile behind ``vendi_score``: collisions between two of a
+# sequence's ~2T uni/bigrams are rare at 4096 bins for T <= 256, and the eigenproblem stays small.
+PROFILE_BINS = 4096
+# Hash buckets for token bigrams as bridge terms (collisions only merge rare terms' counts).
+TERM_BUCKETS = 1 << 24
 
 
 def _ngram_codes(ids: np.ndarray, n: int) -> np.ndarray:
@@ -76,6 +93,37 @@ def _sequence_codes(batch: Mapping[str, np.ndarray]) -> np.ndarray:
         for i in range(len(rows[0]))
     )
     return np.frombuffer(digests, dtype=np.uint64)
+
+
+def _profiles(ids: np.ndarray) -> np.ndarray:
+    """Unit-norm hashed uni+bigram count profiles [B, PROFILE_BINS] of the rows of ``ids``."""
+    rows, _ = ids.shape
+    codes = np.concatenate(
+        [ids.astype(np.uint64).reshape(rows, -1), _ngram_codes(ids, 2).reshape(rows, -1)], axis=1
+    )
+    # Multiplicative hashing spreads consecutive ids over the bins before the modulus.
+    bins = ((codes * np.uint64(0x9E3779B97F4A7C15)) >> np.uint64(40)) % np.uint64(PROFILE_BINS)
+    flat = bins.astype(np.int64) + PROFILE_BINS * np.arange(rows)[:, None]
+    counts = np.bincount(flat.ravel(), minlength=rows * PROFILE_BINS).reshape(rows, PROFILE_BINS)
+    counts = counts.astype(np.float32)
+    return counts / np.maximum(np.linalg.norm(counts, axis=1, keepdims=True), 1e-12)
+
+
+def vendi_score(profiles: np.ndarray) -> float:
+    """exp(entropy) of the eigenvalues of K/N for K = P P^T, P the unit-norm rows [N, D]. The
+    non-zero eigenvalues of P P^T and P^T P agree, so the smaller Gram matrix is decomposed."""
+    n = len(profiles)
+    gram = profiles @ profiles.T if n <= profiles.shape[1] else profiles.T @ profiles
+    eig = np.clip(np.linalg.eigvalsh(gram.astype(np.float64) / n), 0.0, None)
+    eig = eig[eig > 1e-12] / eig.sum()
+    return float(np.exp(-(eig * np.log(eig)).sum()))
+
+
+def compression_ratio(ids: np.ndarray) -> float:
+    """Raw / zlib-compressed size of the token stream, stored in the narrowest integer type."""
+    dtype = np.uint16 if ids.size == 0 or int(ids.max()) < 2**16 else np.uint32
+    raw = np.ascontiguousarray(ids, dtype=dtype).tobytes()
+    return len(raw) / max(len(zlib.compress(raw, 6)), 1)
 
 
 def _document_stats(doc_id: np.ndarray) -> tuple[int, int, int, int]:
@@ -123,6 +171,8 @@ class DiversityMeter:
             "ngrams": {n: np.unique(_ngram_codes(ids, n)) for n in NGRAM_ORDERS},
             "ngram_totals": {n: ids.shape[0] * max(ids.shape[1] - n + 1, 0) for n in NGRAM_ORDERS},
             "sequences": _sequence_codes(batch),
+            "profiles": _profiles(ids),
+            "ids": ids,
             "documents": _document_stats(batch["doc_id"]) if "doc_id" in batch else None,
             "extra": extra,
         }
@@ -153,6 +203,10 @@ class DiversityMeter:
                 out[f"distinct_{n}gram_ratio"] = distinct / total
         sequences = np.concatenate([b["sequences"] for b in batches])
         out["repetition_factor"] = len(sequences) / len(np.unique(sequences))
+        out["vendi_score"] = vendi_score(np.concatenate([b["profiles"] for b in batches]))
+        out["compression_ratio"] = compression_ratio(
+            np.concatenate([b["ids"].ravel() for b in batches])
+        )
         documents = [b["documents"] for b in batches if b["documents"] is not None]
         if documents:
             n_seq, n_docs, n_tokens, n_fragments = (sum(x) for x in zip(*documents))
@@ -165,3 +219,69 @@ class DiversityMeter:
                 extras.setdefault(key, []).append(float(value))
         out |= {key: float(np.mean(values)) for key, values in extras.items()}
         return out
+
+
+def term_bridge_documents(
+    tokens: np.ndarray,
+    doc_offsets: np.ndarray,
+    doc_domain: np.ndarray,
+    specificity: float = 0.75,
+    min_docs: int = 5,
+    max_doc_fraction: float = 0.05,
+) -> np.ndarray:
+    """Which documents link their domain to another one through the other domain's own terms.
+
+    A *term* is a token or a pair of adjacent tokens (names and jargon span several subword
+    tokens). A term is *anchored in domain d* when it is fairly rare (in at least ``min_docs`` and
+    at most ``max_doc_fraction`` of all documents: names and jargon, not function words) and more
+    than ``specificity`` of the documents that use it belong to d. A document of domain d is a
+    *term bridge* when it uses a term anchored in another domain: it mentions what the other
+    domain is about (an entity, a concept), which is what a bridge between two bodies of knowledge
+    is on any corpus. On the knowledge world the labelled bridge documents (a relation into another
+    domain, naming an entity that lives there) are the ground truth to check it against.
+
+    ``tokens`` is the flat token array, ``doc_offsets`` [N + 1] the document boundaries and
+    ``doc_domain`` [N] the domain ids (>= 0). Returns a bool array [N]. Sparse throughout: a few
+    sorts of the unique (document, term) pairs, ~50 bytes per token.
+
+    Measured on the default world (8 domains, 2,766 documents, BPE 1024) at bridge_density
+    0 / 0.1 / 0.3 / 0.6: it flags 0.04 / 0.10 / 0.14 / 0.12 of all documents, 0.51 / 0.36 / 0.19
+    of the labelled bridge documents at 0.1 / 0.3 / 0.6, and 0.03 or less of the others. It rises
+    with bridge_density until bridges are so dense that an entity's name no longer belongs to one
+    domain (then nothing is "foreign"). A statistic, not ground truth: read it as "how
+    much the text of one domain names things of another".
+    """
+    n_docs = len(doc_domain)
+    out = np.zeros(n_docs, dtype=bool)
+    doc_domain = np.asarray(doc_domain, dtype=np.int64)
+    if n_docs < 2 or len(np.unique(doc_domain)) < 2:
+        return out
+    lengths = np.diff(doc_offsets).astype(np.int64)
+    doc_of_token = np.repeat(np.arange(n_docs, dtype=np.int64), lengths)
+    toks = np.asarray(tokens[: int(doc_offsets[-1])], dtype=np.int64)
+    same_doc = doc_of_token[1:] == doc_of_token[:-1]
+    # Terms share one id space: unigram t -> t, bigram (a, b) -> a hash above the unigram range.
+    bigrams = (toks[:-1] * np.int64(1_000_003) + toks[1:]) % np.int64(TERM_BUCKETS)
+    terms = np.concatenate([toks, TERM_BUCKETS + bigrams[same_doc]])
+    term_doc = np.concatenate([doc_of_token, doc_of_token[:-1][same_doc]])
+    pairs = np.unique(term_doc * np.int64(2 * TERM_BUCKETS) + terms)  # each (document, term) once
+    pair_doc, pair_term = pairs // (2 * TERM_BUCKETS), pairs % (2 * TERM_BUCKETS)
+    # Per term: its document frequency, and the share of its plurality ("home") domain.
+    n_domains = int(doc_domain.max()) + 1
+    term_dom, counts = np.unique(pair_term * n_domains + doc_domain[pair_doc], return_counts=True)
+    term_of, dom_of = term_dom // n_domains, term_dom % n_domains
+    order = np.lexsort((-counts, term_of))  # by term, largest domain count first
+    term_of, dom_of, counts = term_of[order], dom_of[order], counts[order]
+    first = np.concatenate([[True], term_of[1:] != term_of[:-1]])
+    doc_freq = np.add.reduceat(counts, np.flatnonzero(first))
+    home_term, home_dom, home_count = term_of[first], dom_of[first], counts[first]
+    anchored = ((doc_freq >= min_docs) & (doc_freq <= max_doc_fraction * n_docs)
+                & (home_count > specificity * doc_freq))
+    anchored_terms, anchored_home = home_term[anchored], home_dom[anchored]  # sorted by term
+    if not len(anchored_terms):
+        return out
+    idx = np.minimum(np.searchsorted(anchored_terms, pair_term), len(anchored_terms) - 1)
+    hit = anchored_terms[idx] == pair_term
+    foreign = hit & (anchored_home[idx] != doc_domain[pair_doc])
+    out[np.unique(pair_doc[foreign])] = True
+    return out

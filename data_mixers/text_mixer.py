@@ -13,6 +13,11 @@ diversity
     them: ``domain_weights`` (explicit, one per domain), ``zipf_exponent`` (weight of the k-th
     active domain ~ 1/k^s) or, by default, each domain's size in tokens; ``temperature`` reshapes
     whichever is used: p ~ w^(1/temperature) (1 keeps it, large flattens towards uniform).
+    ``focus_domain`` (a name or id) with ``focus_share`` in [0, 1]: that domain gets exactly this
+    share of the draws and the other active domains split the rest as above (0 leaves it out, 1
+    emits only it). A curriculum moving ``focus_share`` switches what the mixer emits: the
+    knowledge-extraction preset pretrains on descriptions (share 0 for the ``qa`` domain), then
+    fine-tunes on Q/A (share 1), or mixes both throughout.
 fragmentation
     ``fragment_length``: None/0 = whole documents, else a random span of that many tokens (the
     whole document when shorter). ``docs_per_window``: None = pack pieces back to back until the
@@ -42,6 +47,7 @@ import numpy as np
 
 from data_mixers.base import DataConfigError, ProbeSet, StepSampler, row_rng
 from data_mixers.curriculum import check_curriculum, effective_knobs
+from data_mixers.diversity import term_bridge_documents
 from data_mixers.sources.hf import HFSource
 from data_mixers.sources.world import WorldSource
 from data_mixers.token_store import TextSource, TokenStore, open_or_build
@@ -85,6 +91,8 @@ class TextMixer(StepSampler):
                  zipf_exponent: float | None = None, fragment_length: int | None = None,
                  docs_per_window: int | None = None, weights_count: str = "documents",
                  unique_tokens: int | None = None, heldout_docs_per_domain: int = 4,
+                 focus_domain: Any = None, focus_share: float | None = None,
+                 verify: bool = False, progress: Any = True,
                  seed: int = 0, curriculum: Any = None) -> None:
         super().__init__(seed, curriculum)
         if int(seq_len) < 2:
@@ -97,6 +105,9 @@ class TextMixer(StepSampler):
             raise DataConfigError("data.cache_dir must be set: the token store is cached there")
         self.seq_len = int(seq_len)
         self.cache_dir = os.fspath(cache_dir)
+        # verify: re-hash an existing token store's files (otherwise size + mtime decide).
+        # progress: truthy = a bar on a terminal while a store or a BPE builds; falsy = none.
+        self.verify, self.progress = bool(verify), None if progress else False
         specs = source if isinstance(source, Sequence) and not isinstance(source, str) else [source]
         if not specs:
             raise DataConfigError("data.source is empty")
@@ -115,6 +126,7 @@ class TextMixer(StepSampler):
             "temperature": temperature, "zipf_exponent": zipf_exponent,
             "fragment_length": fragment_length, "docs_per_window": docs_per_window,
             "weights_count": weights_count, "unique_tokens": unique_tokens,
+            "focus_domain": focus_domain, "focus_share": focus_share,
         }
         self._check_scalar_knobs(self.base_knobs, "data")
         self._scheduled = check_curriculum(curriculum, self.base_knobs, "the text mixer")
@@ -140,8 +152,9 @@ class TextMixer(StepSampler):
         if self._opened:
             return
         self.tokenizer = build_tokenizer(**self.tokenizer_spec, sources=self.sources,
-                                         cache_dir=self.cache_dir)
-        self._stores = [open_or_build(s, self.tokenizer, self.cache_dir) for s in self.sources]
+                                         cache_dir=self.cache_dir, progress=self.progress)
+        self._stores = [open_or_build(s, self.tokenizer, self.cache_dir, verify=self.verify,
+                                      progress=self.progress) for s in self.sources]
         self._index_documents(self._stores)
         self._opened = True
         self._plan(self.base_knobs, "data")
@@ -150,7 +163,7 @@ class TextMixer(StepSampler):
         """Global document arrays over all stores: domain ids and fact ids are offset per store."""
         prefix = len(stores) > 1
         self.domain_names, self._domain_offset = [], []
-        starts, lengths, store_of, domains, bridges = [], [], [], [], []
+        starts, lengths, store_of, domains, bridges, term_bridges = [], [], [], [], [], []
         fact_offsets, fact_ids, fact_spans = [np.zeros(1, dtype=np.int64)], [], []
         n_facts = 0
         for i, store in enumerate(stores):
@@ -162,6 +175,8 @@ class TextMixer(StepSampler):
             store_of.append(np.full(store.n_documents, i, dtype=np.int32))
             domains.append(store.doc_domain + self._domain_offset[i])
             bridges.append(store.doc_bridge)
+            term_bridges.append(term_bridge_documents(store.tokens, store.doc_offsets,
+                                                      store.doc_domain))
             fact_offsets.append(store.fact_offsets[1:] + fact_offsets[-1][-1])
             fact_ids.append(store.fact_ids.astype(np.int64) + n_facts)
             fact_spans.append(store.fact_spans)
@@ -171,6 +186,7 @@ class TextMixer(StepSampler):
         self.doc_store = np.concatenate(store_of)
         self.doc_domain = np.concatenate(domains).astype(np.int64)
         self.doc_bridge = np.concatenate(bridges)
+        self.doc_term_bridge = np.concatenate(term_bridges)
         self.fact_offsets = np.concatenate(fact_offsets)
         self.fact_ids = np.concatenate(fact_ids)
         self.fact_spans = np.concatenate(fact_spans)
@@ -242,6 +258,12 @@ class TextMixer(StepSampler):
         if knobs["domains"] is not None and knobs["n_domains_active"] is not None:
             raise DataConfigError(f"{where}.domains and {where}.n_domains_active are both set: "
                                   "choose one")
+        share = knobs["focus_share"]
+        if share is not None and not 0.0 <= float(share) <= 1.0:
+            raise DataConfigError(f"{where}.focus_share={share} must lie in [0, 1]")
+        if share is not None and knobs["focus_domain"] is None:
+            raise DataConfigError(f"{where}.focus_share={share} needs data.focus_domain (the "
+                                  "domain that gets this share)")
 
     def _active_domains(self, knobs: Mapping[str, Any], where: str) -> np.ndarray:
         n_dom = len(self.domain_names)
@@ -280,10 +302,31 @@ class TextMixer(StepSampler):
         else:
             base = self._domain_tokens.copy()
         weights = np.where(active, base, 0.0) ** (1.0 / float(knobs["temperature"]))
+        if knobs["focus_share"] is not None:
+            return self._focused(weights, knobs, where)
         if not weights.sum() > 0:
             raise DataConfigError(f"{where}.domain_weights: the active domains' weights sum to "
                                   "zero")
         return weights / weights.sum()
+
+    def _focused(self, weights: np.ndarray, knobs: Mapping[str, Any], where: str) -> np.ndarray:
+        """``focus_share`` of the draws to ``focus_domain``, the rest to the others by weight."""
+        name, share = knobs["focus_domain"], float(knobs["focus_share"])
+        if isinstance(name, str) and name in self.domain_names:
+            focus = self.domain_names.index(name)
+        elif isinstance(name, int) and 0 <= name < len(self.domain_names):
+            focus = name
+        else:
+            raise DataConfigError(f"data.focus_domain={name!r} is not a domain "
+                                  f"(domains: {self.domain_names})")
+        others = weights.copy()
+        others[focus] = 0.0
+        if share < 1.0 and not others.sum() > 0:
+            raise DataConfigError(f"{where}.focus_share={share}: no other active domain has "
+                                  "weight to take the rest")
+        probs = others / others.sum() * (1.0 - share) if others.sum() > 0 else others
+        probs[focus] = share
+        return probs
 
     def _plan(self, knobs: Mapping[str, Any], where: str = "data") -> _Plan:
         """Everything :meth:`rows` derives from the knobs, cached per distinct knob setting (a
@@ -363,8 +406,13 @@ class TextMixer(StepSampler):
     def batch_stats(self, batch: Mapping[str, np.ndarray]) -> dict[str, float]:
         """What the batch really contains.
 
-        ``bridge_density``: fraction of rows with a bridge document or with text of two domains
-        (split into ``bridge_doc_rows`` and ``cross_domain_rows``); ``unique_facts``: distinct
+        ``bridge_density``: fraction of rows holding a document that links two domains in its
+        content: a labelled bridge (``bridge_doc_rows``: the world's relations into another
+        domain) or a term bridge (``term_bridge_rows``: it uses terms anchored in another domain,
+        see :func:`data_mixers.diversity.term_bridge_documents`; defined on any corpus).
+        ``cross_domain_rows``: rows whose window packs text of two or more domains side by side
+        (a fragmentation effect, not a bridge: it is not counted in ``bridge_density``).
+        ``unique_facts``: distinct
         facts whose whole sentence lies inside an emitted fragment (``fact_coverage``: as a
         fraction of all facts); ``mean_fragment_length`` and ``docs_per_window``: runs of one
         document, per run and per row; ``unique_documents``.
@@ -376,14 +424,17 @@ class TextMixer(StepSampler):
         previous = np.concatenate([np.full((len(doc_id), 1), -1), doc_id[:, :-1]], axis=1)
         run_start = present & (doc_id != previous)
         n_runs = int(run_start.sum())
-        has_bridge = (present & self.doc_bridge[np.where(present, doc_id, 0)]).any(axis=1)
+        safe_id = np.where(present, doc_id, 0)
+        has_bridge = (present & self.doc_bridge[safe_id]).any(axis=1)
+        has_term_bridge = (present & self.doc_term_bridge[safe_id]).any(axis=1)
         ordered = np.sort(domain, axis=1)
         n_domains = (((ordered[:, 1:] != ordered[:, :-1]) & (ordered[:, 1:] >= 0)).sum(axis=1)
                      + (ordered[:, 0] >= 0))
         cross = n_domains >= 2
         stats = {
-            "bridge_density": float((has_bridge | cross).mean()),
+            "bridge_density": float((has_bridge | has_term_bridge).mean()),
             "bridge_doc_rows": float(has_bridge.mean()),
+            "term_bridge_rows": float(has_term_bridge.mean()),
             "cross_domain_rows": float(cross.mean()),
             "mean_fragment_length": float(present.sum() / max(n_runs, 1)),
             "docs_per_window": float(n_runs / len(doc_id)),
@@ -412,8 +463,11 @@ class TextMixer(StepSampler):
         return facts
 
     def repetition_factor(self, token_budget: int, step: int = 0) -> float:
-        """How many times, on average, training sees each token of the pool at ``step``."""
-        return float(token_budget) / self._plan(self.effective_knobs(step)).pool_tokens
+        """How many times, on average, training sees each token of the pool at ``step`` (before
+        :meth:`bind`, a schedule is read at its start)."""
+        knobs = (self.effective_knobs(step) if self.total_steps is not None
+                 else effective_knobs(self.base_knobs, self.curriculum, 0, 1))
+        return float(token_budget) / self._plan(knobs).pool_tokens
 
     def describe(self) -> dict[str, Any]:
         self._open()
@@ -421,6 +475,7 @@ class TextMixer(StepSampler):
         return {"documents": int(len(self.doc_len)), "tokens": int(self.doc_len.sum()),
                 "domains": list(self.domain_names), "facts": int(self.n_facts),
                 "pool_tokens": int(plan.pool_tokens), "pool_documents": int(plan.pool_docs.size),
+                "term_bridge_documents": float(self.doc_term_bridge.mean()),
                 "vocab_size": int(self.vocab_size), "tokenizer": self.tokenizer.config()}
 
     # -- probes ------------------------------------------------------------------------------
@@ -456,24 +511,28 @@ class TextMixer(StepSampler):
 
     def _probe_set(self, name: str, questions: list, domain_names: list[str], offset: int
                    ) -> ProbeSet:
-        n, width = len(questions), self.seq_len + 1
-        tokens = np.full((n, width), self.tokenizer.eos_id, dtype=np.int64)
-        answer_positions = np.zeros(n, dtype=np.int64)
+        """Rows as wide as the longest prompt needs (up to its answer), not ``seq_len``: the
+        probe reads one position per row, and on short questions that makes scoring several
+        times cheaper. A prompt longer than a window keeps its last ``seq_len`` tokens, the most
+        context training ever gives a prediction."""
         encoded = self.tokenizer.encode_with_offsets([q.text for q in questions])
-        for j, (q, (ids, char_starts)) in enumerate(zip(questions, encoded)):
-            answer = token_index_at(char_starts, q.answer_start)
-            if answer > self.seq_len:
-                raise DataConfigError(f"data.seq_len={self.seq_len} is too short for probe "
-                                      f"{name!r} ({answer + 1} tokens up to the answer)")
-            tokens[j, :min(len(ids), width)] = ids[:width]
-            answer_positions[j] = answer - 1
-        loss_mask = np.zeros((n, self.seq_len), dtype=np.float32)
+        answers = np.array([token_index_at(char_starts, q.answer_start)
+                            for q, (_, char_starts) in zip(questions, encoded)], dtype=np.int64)
+        starts = np.maximum(answers - self.seq_len, 0)
+        answers -= starts
+        n, width = len(questions), int(answers.max()) + 1
+        tokens = np.full((n, width), self.tokenizer.eos_id, dtype=np.int64)
+        for j, (ids, _) in enumerate(encoded):
+            row = ids[starts[j]:starts[j] + width]
+            tokens[j, :len(row)] = row
+        answer_positions = answers - 1
+        loss_mask = np.zeros((n, width - 1), dtype=np.float32)
         loss_mask[np.arange(n), answer_positions] = 1.0
         domain = np.array([offset + domain_names.index(q.domain) for q in questions])
         batch = {"input_ids": tokens[:, :-1], "targets": tokens[:, 1:], "loss_mask": loss_mask,
-                 "domain": np.repeat(domain[:, None], self.seq_len, axis=1),
-                 "doc_id": np.full((n, self.seq_len), -1, dtype=np.int64),
-                 "doc_pos": np.full((n, self.seq_len), -1, dtype=np.int64)}
+                 "domain": np.repeat(domain[:, None], width - 1, axis=1),
+                 "doc_id": np.full((n, width - 1), -1, dtype=np.int64),
+                 "doc_pos": np.full((n, width - 1), -1, dtype=np.int64)}
         meta = {"questions": [q.text[:q.answer_start] for q in questions],
                 "answers": [q.text[q.answer_start:] for q in questions]}
         return ProbeSet(name, batch, kind="answer", answer_positions=answer_positions, meta=meta)

@@ -181,7 +181,7 @@ def test_table_has_one_row_per_run_with_knobs_tokens_to_jump_and_lead(analysis):
     for row in rows:
         jumped = row["data.n_classes"] == "512" and row["status"] == "completed"
         assert row["tokens_to_jump"] == (
-            str(CAPABILITY_JUMP_STEP * TOKENS_PER_STEP) if jumped else ""
+            str((CAPABILITY_JUMP_STEP + 1) * TOKENS_PER_STEP) if jumped else ""
         )
         assert row["n_jumps"] == ("2" if jumped else "0")
         assert row["lead_series"] == ("topo/layer1/eff_rank" if jumped else "")
@@ -204,7 +204,7 @@ def test_failed_run_is_listed_as_failed_and_left_out_of_the_averages(analysis, s
     grid = phase_grid(runs, "probe/icl/acc", "data.n_classes", "data.p_bursty")
     assert grid.x_values == ["64", "512"] and grid.y_values == ["0.5", "0.9"]
     np.testing.assert_allclose(grid.metric, [[0.1, 0.9], [0.1, 0.9]])
-    expected_tokens = CAPABILITY_JUMP_STEP * TOKENS_PER_STEP
+    expected_tokens = (CAPABILITY_JUMP_STEP + 1) * TOKENS_PER_STEP  # after batch `step`: step + 1 seen
     np.testing.assert_array_equal(grid.tokens_to_jump, [[np.nan, expected_tokens]] * 2)
     np.testing.assert_array_equal(grid.n_completed, [[2, 2], [2, 1]])
     np.testing.assert_array_equal(grid.n_jumped, [[0, 2], [0, 1]])
@@ -217,7 +217,7 @@ def test_swept_axes_follow_the_command_line_and_exclude_the_seed(sweep):
 def test_report_embeds_the_images_and_links_nowhere(analysis):
     report = (analysis[0] / "report.html").read_text()
     images = re.findall(r"src='data:image/png;base64,([A-Za-z0-9+/=]+)'", report)
-    assert len(images) == 2
+    assert len(images) == 3  # phase diagram, diversity vs scale, runs
     assert all(base64.b64decode(image).startswith(PNG_MAGIC) for image in images)
     assert "<table>" in report and "batch1/7" in report
     without_images = re.sub(r"data:image/png;base64,[A-Za-z0-9+/=]+", "", report)
@@ -237,6 +237,24 @@ def test_one_swept_axis_draws_a_line_plot(tmp_path):
     assert analyze_sweep_main([str(tmp_path / "sweep"), "-o", str(tmp_path / "out")]) == 0
     assert (tmp_path / "out" / "phase_diagram.png").read_bytes().startswith(PNG_MAGIC)
     assert len(read_rows(tmp_path / "out")) == 3
+
+
+def test_a_killed_job_without_summary_is_listed_as_incomplete(tmp_path, capsys):
+    """Hydra writes .hydra/ when a job starts; a job killed before its summary (OOM killer, a
+    cancelled Slurm job) must show up as incomplete, not vanish from the sweep."""
+    write_run(tmp_path / "sweep" / "0", ["data.n_classes=16"], jumps=False, steps=200)
+    write_run(tmp_path / "sweep" / "1", ["data.n_classes=256"], jumps=True, steps=200)
+    (tmp_path / "sweep" / "1" / "summary.json").unlink()
+    (tmp_path / "sweep" / "2" / ".hydra").mkdir(parents=True)  # killed before logging anything
+    (tmp_path / "sweep" / "2" / ".hydra" / "overrides.yaml").write_text("- data.n_classes=4096\n")
+    assert analyze_sweep_main([str(tmp_path / "sweep"), "-o", str(tmp_path / "out")]) == 0
+    rows = read_rows(tmp_path / "out")
+    assert [(r["run"], r["data.n_classes"], r["status"]) for r in rows] == [
+        ("0", "16", "completed"), ("1", "256", "incomplete"), ("2", "4096", "incomplete")
+    ]
+    assert rows[1]["error"].startswith("no summary.json")
+    printed = capsys.readouterr().out
+    assert "2 run(s) not completed:" in printed and "  2: incomplete (no summary.json" in printed
 
 
 def test_plot_run_marks_each_series_jumps(sweep, tmp_path):

@@ -132,3 +132,10 @@ def test_every_curriculum_config_instantiates(path):
 def test_a_non_numeric_stage_value_is_named():
     with pytest.raises(DataConfigError, match=r"curriculum.stages\[1\].weights_count='rows'"):
         Stages([{"until": 0.5, "p_bursty": 1.0}, {"until": 1.0, "weights_count": "rows"}])
+
+
+def test_the_knowledge_protocols_hold_qa_back_then_switch_or_mix_throughout():
+    two_stage = instantiate(OmegaConf.load(CONF / "qa_two_stage.yaml"))
+    mixed = instantiate(OmegaConf.load(CONF / "qa_mixed.yaml"))
+    assert [two_stage.at(s, 100)["focus_share"] for s in (0, 79, 80, 99)] == [0.0, 0.0, 1.0, 1.0]
+    assert {mixed.at(s, 100)["focus_share"] for s in (0, 50, 99)} == {0.8}

@@ -124,3 +124,82 @@ def test_empty_meter_reports_nothing():
     assert DiversityMeter().compute() == {}
     with pytest.raises(ValueError, match="window=0"):
         DiversityMeter(window=0)
+
+
+def _window_of(rows_per_batch: list[np.ndarray]) -> dict[str, float]:
+    meter = DiversityMeter(window=len(rows_per_batch))
+    for ids in rows_per_batch:
+        meter.update(batch(ids))
+    return meter.compute()
+
+
+def test_vendi_score_counts_distinct_sequences_and_sees_near_duplicates():
+    rng = np.random.default_rng(0)
+    one = np.tile(rng.integers(50_000, size=(1, 64)), (32, 1))
+    assert _window_of([one])["vendi_score"] == pytest.approx(1.0, abs=1e-3)
+    # k distinct sequences over disjoint vocabularies, repeated: an effective number of ~k.
+    for k in (2, 8):
+        rows = np.concatenate([np.arange(64) + 1000 * i for i in range(k)]).reshape(k, 64)
+        assert _window_of([np.repeat(rows, 32 // k, axis=0)])["vendi_score"] == pytest.approx(k, rel=0.05)
+    # One token changed per copy: exact-repeat counting sees 32 distinct rows, Vendi sees ~1.
+    near = one.copy()
+    near[np.arange(32), rng.integers(64, size=32)] = rng.integers(50_000, size=32)
+    out = _window_of([near])
+    assert out["repetition_factor"] == pytest.approx(1.0) and out["vendi_score"] < 1.5
+    assert _window_of([rng.integers(50_000, size=(32, 64))])["vendi_score"] > 25
+
+
+def test_compression_ratio_is_high_for_repetitive_text():
+    rng = np.random.default_rng(1)
+    varied = _window_of([rng.integers(30_000, size=(32, 64))])["compression_ratio"]
+    repetitive = _window_of([np.tile(rng.integers(30_000, size=(1, 64)), (32, 1))])["compression_ratio"]
+    assert varied < 1.5 < 10 < repetitive
+
+
+def _corpus(docs: list[tuple[int, list[int]]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    tokens = np.concatenate([np.asarray(t) for _, t in docs])
+    offsets = np.concatenate([[0], np.cumsum([len(t) for _, t in docs])])
+    return tokens, offsets, np.array([d for d, _ in docs])
+
+
+def test_term_bridges_are_documents_naming_another_domains_terms():
+    from data_mixers.diversity import term_bridge_documents
+
+    rng = np.random.default_rng(2)
+    common = list(range(20))  # function words: in most documents, anchored nowhere
+    docs = []
+    for d in range(4):
+        for n in range(10):
+            name = [1000 + 100 * d + 2 * n, 1001 + 100 * d + 2 * n]  # a name that lives in d
+            docs += [(d, [*rng.choice(common, 12), *name, *rng.choice(common, 12)])
+                     for _ in range(8)]
+    plain = len(docs)
+    # Domain 0 documents that mention one of domain 2's names: the bridges.
+    docs += [(0, [*rng.choice(common, 12), 1200, 1201, *rng.choice(common, 12)]) for _ in range(2)]
+    bridge = term_bridge_documents(*_corpus(docs))
+    assert not bridge[:plain].any() and bridge[plain:].all()
+    # One domain only: nothing to bridge to.
+    assert not term_bridge_documents(*_corpus([(0, t) for _, t in docs])).any()
+
+
+@pytest.mark.slow
+def test_world_bridge_density_rises_with_bridges_and_ignores_packing(tmp_path):
+    from tests.conftest import compose_cfg
+
+    def world(bridge_density: float):
+        from hydra.utils import instantiate
+
+        cfg = compose_cfg(["data=world", f"data.source.bridge_density={bridge_density}",
+                           "data.source.entities_per_domain=32", f"paths.cache_dir={tmp_path}"])
+        sampler = instantiate(cfg.data, _convert_="all")
+        sampler.prepare()
+        return sampler
+
+    none, some = world(0.0), world(0.3)
+    assert some.doc_term_bridge.mean() > 2 * none.doc_term_bridge.mean()
+    labelled = some.doc_bridge
+    assert some.doc_term_bridge[labelled].mean() > 4 * some.doc_term_bridge[~labelled].mean()
+    stats = none.batch_stats(none.batch(0, 32))
+    # Several documents share every window (cross-domain packing), yet no bridge is claimed.
+    assert stats["cross_domain_rows"] > 0.5 and stats["bridge_density"] < 0.3
+    assert stats["bridge_doc_rows"] == 0.0

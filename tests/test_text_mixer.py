@@ -8,7 +8,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from data_mixers.base import DataConfigError
-from data_mixers.curriculum import Curriculum, Ramp
+from data_mixers.curriculum import Curriculum, Ramp, Stages
 from data_mixers.text_mixer import TextMixer
 
 WORLD = {"kind": "world", "n_domains": 4, "entities_per_domain": 16, "bridge_density": 0.2}
@@ -132,7 +132,8 @@ def test_fewer_unique_tokens_fewer_distinct_documents_more_repetition(cache):
 def test_bridge_density_knob_moves_measured_bridge_density(cache):
     measured = [stats(mixer(cache, {**WORLD, "bridge_density": d}, docs_per_window=1))
                 for d in (0.0, 0.5)]
-    assert measured[0]["bridge_density"] == 0.0 and measured[1]["bridge_density"] > 0.2
+    assert measured[0]["bridge_doc_rows"] == 0.0 and measured[1]["bridge_doc_rows"] > 0.2
+    assert measured[1]["bridge_density"] > measured[0]["bridge_density"]
     assert measured[0]["cross_domain_rows"] == measured[1]["cross_domain_rows"] == 0.0
 
 
@@ -190,8 +191,11 @@ def test_curriculum_with_unknown_or_bad_knob_is_refused_up_front(cache):
 def test_probes_point_at_the_first_answer_token(cache):
     m = mixer(cache)
     probes = {p.name: p for p in m.probe_sets() if p.kind == "answer"}
-    assert set(probes) == {"world_facts", "world_two_hop"}
+    assert set(probes) == {"world_facts", "world_facts_seen", "world_recall", "world_two_hop",
+                           "world_two_hop_local"}
     p = probes["world_facts"]
+    assert p.batch["input_ids"].shape[1] == p.answer_positions.max() + 1 < m.seq_len, \
+        "answer probes are as wide as their longest prompt, not seq_len"
     rows = np.arange(len(p.answer_positions))
     answers = p.batch["targets"][rows, p.answer_positions]
     assert [chr(a) for a in answers] == [a[0] for a in p.meta["answers"]]
@@ -215,6 +219,9 @@ def test_probes_point_at_the_first_answer_token(cache):
     ({"domains": ["domain_9"]}, "data.domains"),
     ({"cache_dir": None}, "data.cache_dir"),
     ({"tokenizer": {"kind": "byte", "lowercase": True}}, "data.tokenizer.lowercase"),
+    ({"focus_share": 0.5}, "data.focus_share"),
+    ({"focus_domain": "domain_0", "focus_share": 1.5}, "data.focus_share"),
+    ({"focus_domain": "nope", "focus_share": 0.5}, "data.focus_domain"),
 ])
 def test_every_config_error_names_its_key(cache, kwargs, key):
     settings = {"source": WORLD, "seq_len": 64, "cache_dir": cache, **kwargs}
@@ -254,3 +261,33 @@ def test_heldout_documents_are_never_trained_on_and_probe_each_domain(cache):
 def test_negative_heldout_count_is_named(cache):
     with pytest.raises(DataConfigError, match="data.heldout_docs_per_domain=-1"):
         mixer(cache, heldout_docs_per_domain=-1)
+
+
+QA_WORLD = {"kind": "world", "n_domains": 2, "entities_per_domain": 8, "relations_per_entity": 0,
+            "stories_per_entity": 0, "bridge_density": 0.0, "n_attributes": 3, "qa_domain": True}
+
+
+def qa_token_share(m, steps=range(3)):
+    domains = np.concatenate([m.batch(s, 16)["domain"].ravel() for s in steps])
+    domains = domains[domains >= 0]
+    return float((domains == m.domain_names.index("qa")).mean())
+
+
+def test_focus_share_sets_the_share_of_one_domain(cache):
+    shares = [qa_token_share(mixer(cache, QA_WORLD, focus_domain="qa", focus_share=f))
+              for f in (0.0, 0.2, 0.8, 1.0)]
+    assert shares[0] == 0.0 and shares[-1] == 1.0
+    assert 0.0 < shares[1] < shares[2] < 1.0
+    assert 0.0 < qa_token_share(mixer(cache, QA_WORLD)) < 1.0
+
+
+def test_two_stage_curriculum_switches_from_descriptions_to_qa(cache):
+    two_stage = Stages([{"until": 0.5, "focus_share": 0.0}, {"until": 1.0, "focus_share": 1.0}])
+    m = TextMixer(source=QA_WORLD, seq_len=64, cache_dir=cache, seed=3, focus_domain="qa",
+                  curriculum=two_stage)
+    m.prepare()
+    pretrain_pool = m.repetition_factor(10_000)  # before bind: the schedule's start
+    m.bind(10)
+    assert qa_token_share(m, range(5)) == 0.0 and qa_token_share(m, range(5, 10)) == 1.0
+    assert m.knobs_at(4)["focus_share"] == 0.0 and m.knobs_at(5)["focus_share"] == 1.0
+    assert pretrain_pool == m.repetition_factor(10_000, step=0) < m.repetition_factor(10_000, 9)

@@ -73,7 +73,7 @@ def test_probes_ask_held_out_entities_with_the_right_answers():
     world = WorldSource(**{**SMALL, "bridge_density": 0.5})
     corpus = " ".join(d.text for d in world.documents())
     probes = world.probe_questions()
-    assert set(probes) == {"world_facts", "world_two_hop"}
+    assert {"world_facts", "world_two_hop", "world_two_hop_local"} <= set(probes)
     for q in probes["world_facts"]:
         prompt, answer = q.text[:q.answer_start], q.text[q.answer_start:]
         assert prompt.startswith("Q: ") and prompt.endswith("A: ")
@@ -99,3 +99,81 @@ def test_no_two_hop_probes_without_bridges():
 def test_bad_settings_name_their_key(key, value):
     with pytest.raises(DataConfigError, match=f"data.source.{key}"):
         WorldSource(**{**SMALL, key: value})
+
+
+KE = dict(n_domains=1, entities_per_domain=8, relations_per_entity=0, stories_per_entity=0,
+          bridge_density=0.0, n_attributes=4, values_per_domain=10, qa_domain=True,
+          holdout_fraction=0.5, seed=2)
+
+
+def descriptions(world):
+    return [d for d in world.documents() if d.domain != "qa"]
+
+
+def attribute_order(world, doc):
+    return tuple(f % len(world.attr_names) for f, _, _ in doc.facts)
+
+
+def test_permute_sentences_varies_the_order_and_off_keeps_it_fixed():
+    fixed = WorldSource(**KE, descriptions_per_entity=3, permute_sentences=False)
+    shuffled = WorldSource(**KE, descriptions_per_entity=3, permute_sentences=True)
+    assert {attribute_order(fixed, d) for d in descriptions(fixed)} == {(0, 1, 2, 3)}
+    assert len({attribute_order(shuffled, d) for d in descriptions(shuffled)}) > 5
+
+
+def test_without_fullname_the_entity_is_named_once_per_description():
+    for fullname, times in ((True, 4), (False, 1)):
+        world = WorldSource(**KE, fullname=fullname)
+        for doc in descriptions(world):
+            e = world.fact_entity(doc.facts[0][0])
+            assert doc.text.count(world.names[e]) == times, doc.text
+
+
+def test_descriptions_per_entity_are_differently_worded_texts_of_the_same_facts():
+    world = WorldSource(**KE, descriptions_per_entity=4)
+    by_entity = {}
+    for doc in descriptions(world):
+        by_entity.setdefault(world.fact_entity(doc.facts[0][0]), []).append(doc)
+    assert len(by_entity) == world.n_entities
+    for docs in by_entity.values():
+        assert len(docs) == 4 and len({d.text for d in docs}) == 4
+        assert len({frozenset(f for f, _, _ in d.facts) for d in docs}) == 1
+
+
+def test_qa_domain_holds_one_question_per_document_for_training_entities_only():
+    world = WorldSource(**KE)
+    assert world.domain_names() == ["domain_0", "qa"]
+    qa = [d for d in world.documents() if d.domain == "qa"]
+    assert len(qa) == int((~world.heldout).sum()) * 4
+    asked = {re.match(r"Q: What is the \w+ of (\w+)\? A: \w+$", d.text).group(1) for d in qa}
+    assert asked == {world.names[e] for e in np.flatnonzero(~world.heldout)}
+    assert all(d.domain == "domain_0" for d in descriptions(world))
+
+
+def test_recall_and_seen_probes():
+    world = WorldSource(**KE, descriptions_per_entity=2)
+    probes = world.probe_questions()
+    assert {"world_facts", "world_facts_seen", "world_recall"} <= set(probes)
+    seen = {re.match(r"Q: What is the \w+ of (\w+)", q.text).group(1)
+            for q in probes["world_facts_seen"]}
+    assert seen == {world.names[e] for e in np.flatnonzero(~world.heldout)}
+    texts = [d.text for d in descriptions(world)]
+    for q in probes["world_recall"]:
+        prompt, answer = q.text[:q.answer_start], q.text[q.answer_start:]
+        assert any(t.startswith(q.text) for t in texts), "recall prompts are training text"
+        e = next(e for e in range(world.n_entities) if world.names[e] in prompt)
+        assert world.heldout[e] and answer in world.values[e]
+
+
+def test_n_attributes_sets_the_facts_per_entity():
+    world = WorldSource(**{**KE, "n_attributes": 2})
+    assert world.n_facts == world.n_entities * 2
+    assert {q.text.split()[4] for q in world.probe_questions()["world_facts"]} == {"color", "size"}
+
+
+def test_two_hop_local_probes_stay_inside_a_domain():
+    world = WorldSource(**{**SMALL, "bridge_density": 0.5})
+    for q in world.probe_questions()["world_two_hop_local"]:
+        kind, name = re.match(r"Q: What is the \w+ of the (\w+) of (\w+)\?", q.text).groups()
+        e = world.names.index(name)
+        assert not next(r for r in world.relations[e] if r.kind == kind).bridge

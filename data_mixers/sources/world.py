@@ -12,15 +12,29 @@ report which facts an emitted batch actually contains.
 Documents, each rendered through a pool of ``template_pool_size`` paraphrase templates per fact
 kind (a diversity knob: few templates = rote phrasing, many = paraphrase):
 
-* descriptions: every fact of one entity, in shuffled order;
+* descriptions: every fact of one entity, one sentence each, ``descriptions_per_entity`` of them,
+  each with freshly drawn templates; in a fresh random order per description
+  (``permute_sentences``) or in the fixed attribute order; naming the entity in every sentence
+  (``fullname``) or only in the first, with "it" after (the two are Allen-Zhu & Li's (2023)
+  *permute* and *fullname* knowledge augmentations, ``descriptions_per_entity`` their *multiM*);
 * stories: an entity meets one of its relations; a bridge relation makes a *bridge document*;
-* question-answer pages for the *training* entities: one of single facts ("Q: What is the color
-  of Zorbel? A: red"), and one per relation of two-hop questions ("Q: What is the color of the
-  friend of Zorbel? A: blue"; a bridge document when the friend lives in another domain).
+* question-answer documents for the *training* entities, one question each (the paper's "QA
+  entries"): single facts ("Q: What is the color of Zorbel? A: red"), and per relation two-hop
+  questions ("Q: What is the color of the friend of Zorbel? A: blue"; a bridge document when the
+  friend lives in another domain).
+
+With ``qa_domain`` the Q/A documents form a domain of their own, ``qa``, which the mixer can
+weigh or schedule apart from the descriptions (``data.focus_domain``/``data.focus_share``): that
+is how the knowledge-extraction preset trains in two stages (descriptions, then Q/A) or mixed.
 
 Probes are the same questions about the held-out entities (``holdout_fraction``), whose facts the
 training text states only in declarative form: answering needs the knowledge stored, not the Q/A
-pairs memorized. ``world_two_hop`` asks only across bridges (the answer lives in another domain).
+pairs memorized (``world_facts``). ``world_facts_seen`` asks the training entities' questions
+(those the Q/A documents hold: learning the format), and ``world_recall`` completes a held-out
+entity's own first description up to an attribute value (memorization of the text, without a
+question).
+``world_two_hop`` asks only across bridges (the answer lives in another domain),
+``world_two_hop_local`` only within a domain (the baseline a bridge-free world still has).
 Every answer is one word and the probe scores its first token. With a BPE tokenizer that is
 the whole word (" red"); with bytes it is the first letter, which several values share, so
 answer accuracy is only meaningful with ``tokenizer.kind: bpe``.
@@ -103,14 +117,18 @@ class WorldSource:
                  relations_per_entity: int = 2, bridge_density: float = 0.1,
                  template_pool_size: int = 16, values_per_domain: int = 5,
                  descriptions_per_entity: int = 2, stories_per_entity: int = 1,
-                 holdout_fraction: float = 0.2, probe_size: int = 256, seed: int = 0) -> None:
+                 holdout_fraction: float = 0.2, probe_size: int = 256, seed: int = 0,
+                 n_attributes: int = len(ATTRIBUTES), permute_sentences: bool = True,
+                 fullname: bool = True, qa_domain: bool = False) -> None:
         self.params = p = dict(
             n_domains=n_domains, entities_per_domain=entities_per_domain,
             relations_per_entity=relations_per_entity, bridge_density=float(bridge_density),
             template_pool_size=template_pool_size, values_per_domain=values_per_domain,
             descriptions_per_entity=descriptions_per_entity,
             stories_per_entity=stories_per_entity, holdout_fraction=float(holdout_fraction),
-            probe_size=probe_size, seed=int(seed),
+            probe_size=probe_size, seed=int(seed), n_attributes=n_attributes,
+            permute_sentences=bool(permute_sentences), fullname=bool(fullname),
+            qa_domain=bool(qa_domain),
         )
         fewest_values = min(map(len, ATTRIBUTES.values()))
         rules = {
@@ -127,6 +145,8 @@ class WorldSource:
             "stories_per_entity": (p["stories_per_entity"] >= 0, ">= 0"),
             "holdout_fraction": (0.0 <= p["holdout_fraction"] < 1.0, "in [0, 1)"),
             "probe_size": (p["probe_size"] >= 1, ">= 1"),
+            "n_attributes": (1 <= p["n_attributes"] <= len(ATTRIBUTES),
+                             f"in [1, {len(ATTRIBUTES)}]"),
         }
         for key, (ok, rule) in rules.items():
             if not ok:
@@ -135,17 +155,19 @@ class WorldSource:
             raise DataConfigError(f"data.source.bridge_density={bridge_density} needs "
                                   f"n_domains >= 2 (got {n_domains})")
         self.seed = int(seed)
+        self.attr_names = list(ATTRIBUTES)[:n_attributes]
         self._build_world()
 
     def config(self) -> dict[str, Any]:
         return {"kind": self.kind, **self.params}
 
     def domain_names(self) -> list[str]:
-        return [f"domain_{d}" for d in range(self.params["n_domains"])]
+        names = [f"domain_{d}" for d in range(self.params["n_domains"])]
+        return names + ["qa"] if self.params["qa_domain"] else names
 
     @property
     def n_facts(self) -> int:
-        return self.n_entities * (len(ATTRIBUTES) + self.params["relations_per_entity"])
+        return self.n_entities * (len(self.attr_names) + self.params["relations_per_entity"])
 
     # -- the world ---------------------------------------------------------------------------
 
@@ -156,7 +178,7 @@ class WorldSource:
         self.n_entities = n_dom * per_dom
         self.entity_domain = np.repeat(np.arange(n_dom), per_dom)
         self.names = self._make_names(rng)
-        attr_names = list(ATTRIBUTES)
+        attr_names = self.attr_names
         self.values = np.empty((self.n_entities, len(attr_names)), dtype=object)
         for d in range(n_dom):
             for a, attr in enumerate(attr_names):
@@ -202,25 +224,34 @@ class WorldSource:
         return names
 
     def _attribute_fact(self, e: int, a: int) -> int:
-        return e * len(ATTRIBUTES) + a
+        return e * len(self.attr_names) + a
+
+    def fact_entity(self, fact_id: int) -> int:
+        """The entity a fact (attribute value or relation) belongs to."""
+        n_attr_facts = self.n_entities * len(self.attr_names)
+        if fact_id < n_attr_facts:
+            return fact_id // len(self.attr_names)
+        return (fact_id - n_attr_facts) // self.params["relations_per_entity"]
 
     # -- rendering ---------------------------------------------------------------------------
 
-    def _sentences(self, e: int, facts: list[tuple[str, int]], rng: np.random.Generator
-                   ) -> list[tuple[str, int]]:
-        """One templated sentence per fact; ``facts`` holds ("attr", a) or ("rel", j)."""
+    def _sentences(self, e: int, facts: list[tuple[str, int]], rng: np.random.Generator,
+                   named: bool = True) -> list[tuple[str, int]]:
+        """One templated sentence per fact; ``facts`` holds ("attr", a) or ("rel", j). With
+        ``named=False`` the entity is "it" after the first sentence (no *fullname* augmentation)."""
         out = []
-        attr_names = list(ATTRIBUTES)
-        for what, i in facts:
+        for k, (what, i) in enumerate(facts):
             if what == "attr":
                 template = self.attribute_templates[rng.integers(len(self.attribute_templates))]
-                text = template.format(e=self.names[e], key=attr_names[i], v=self.values[e, i])
-                out.append((text, self._attribute_fact(e, i)))
+                key, value, fact = self.attr_names[i], self.values[e, i], self._attribute_fact(e, i)
             else:
                 rel = self.relations[e][i]
                 template = self.relation_templates[rng.integers(len(self.relation_templates))]
-                text = template.format(e=self.names[e], key=rel.kind, v=self.names[rel.target])
-                out.append((text, rel.fact_id))
+                key, value, fact = rel.kind, self.names[rel.target], rel.fact_id
+            if not named and k > 0:
+                template = _pronoun(template)
+            text = template.format(e=self.names[e], key=key, v=value)
+            out.append((text[0].upper() + text[1:], fact))
         return out
 
     @staticmethod
@@ -235,29 +266,41 @@ class WorldSource:
 
     def documents(self) -> Iterator[Document]:
         """All documents, in a per-seed shuffled order (so any prefix mixes every domain)."""
+        docs = [doc for doc, _ in self._documents_by_entity()]
+        order = np.random.default_rng([self.seed, 4]).permutation(len(docs))
+        for i in order:
+            yield docs[i]
+
+    def _documents_by_entity(self) -> list[tuple[Document, tuple[str, int]]]:
+        """Every document with what it is: ("description" | "story" | "qa", entity)."""
         p = self.params
         rng = np.random.default_rng([self.seed, 2])
         domains = self.domain_names()
-        docs: list[Document] = []
-        n_attr, n_rel = len(ATTRIBUTES), p["relations_per_entity"]
+        docs: list[tuple[Document, tuple[str, int]]] = []
+        n_attr, n_rel = len(self.attr_names), p["relations_per_entity"]
+        all_facts = [("attr", a) for a in range(n_attr)] + [("rel", j) for j in range(n_rel)]
         for e in range(self.n_entities):
             dom = domains[self.entity_domain[e]]
-            all_facts = [("attr", a) for a in range(n_attr)] + [("rel", j) for j in range(n_rel)]
+            qa_dom = "qa" if p["qa_domain"] else dom
             has_bridge = any(r.bridge for r in self.relations[e])
             for _ in range(p["descriptions_per_entity"]):
-                order = rng.permutation(len(all_facts))
-                sentences = self._sentences(e, [all_facts[i] for i in order], rng)
-                docs.append(self._join(sentences, dom, has_bridge))
+                docs.append((self._description(e, all_facts, rng, dom, has_bridge),
+                             ("description", e)))
             for _ in range(p["stories_per_entity"] if n_rel else 0):
-                docs.append(self._story(e, int(rng.integers(n_rel)), rng, dom))
+                docs.append((self._story(e, int(rng.integers(n_rel)), rng, dom), ("story", e)))
             if not self.heldout[e]:
-                docs.append(self._join([(q.text, None) for q in self._single_questions(e)],
-                                       dom, False))
-                for rel in self.relations[e]:
-                    questions = self._two_hop_questions(e, rel)
-                    docs.append(self._join([(q.text, None) for q in questions], dom, rel.bridge))
-        for i in rng.permutation(len(docs)):
-            yield docs[i]
+                docs += [(Document(q.text, qa_dom), ("qa", e)) for q in self._single_questions(e)]
+                docs += [(Document(q.text, qa_dom, bridge=rel.bridge), ("qa", e))
+                         for rel in self.relations[e] for q in self._two_hop_questions(e, rel)]
+        return docs
+
+    def _description(self, e: int, all_facts: list[tuple[str, int]], rng: np.random.Generator,
+                     domain: str, bridge: bool) -> Document:
+        order = rng.permutation(len(all_facts)) if self.params["permute_sentences"] \
+            else np.arange(len(all_facts))
+        sentences = self._sentences(e, [all_facts[i] for i in order], rng,
+                                    named=self.params["fullname"])
+        return self._join(sentences, domain, bridge)
 
     def _story(self, e: int, j: int, rng: np.random.Generator, domain: str) -> Document:
         rel = self.relations[e][j]
@@ -265,7 +308,7 @@ class WorldSource:
         names = {"e": self.names[e], "v": self.names[t]}
         opening = STORY_OPENINGS[rng.integers(len(STORY_OPENINGS))].format(**names)
         ending = STORY_ENDINGS[rng.integers(len(STORY_ENDINGS))]
-        a_e, a_t = rng.integers(len(ATTRIBUTES), size=2)
+        a_e, a_t = rng.integers(len(self.attr_names), size=2)
         facts = self._sentences(e, [("rel", j), ("attr", int(a_e))], rng)
         facts += self._sentences(t, [("attr", int(a_t))], rng)
         return self._join([(opening, None), *facts, (ending, None)], domain, rel.bridge)
@@ -275,20 +318,27 @@ class WorldSource:
     def _single_questions(self, e: int) -> list[ProbeQuestion]:
         dom = self.domain_names()[self.entity_domain[e]]
         return [_question(f"What is the {attr} of {self.names[e]}?", self.values[e, a], dom)
-                for a, attr in enumerate(ATTRIBUTES)]
+                for a, attr in enumerate(self.attr_names)]
 
     def _two_hop_questions(self, e: int, rel: _Relation) -> list[ProbeQuestion]:
         """The attributes of the entity ``e`` is related to by ``rel``."""
         dom = self.domain_names()[self.entity_domain[e]]
         return [_question(f"What is the {attr} of the {rel.kind} of {self.names[e]}?",
-                          self.values[rel.target, a], dom) for a, attr in enumerate(ATTRIBUTES)]
+                          self.values[rel.target, a], dom)
+                for a, attr in enumerate(self.attr_names)]
 
     def probe_questions(self) -> dict[str, list[ProbeQuestion]]:
-        """Questions about the held-out entities: single facts, and two-hop across bridges."""
+        """Questions about the held-out entities (single facts, two-hop across bridges), the
+        training entities' own questions, and completions of held-out entities' descriptions."""
         held = [int(e) for e in np.flatnonzero(self.heldout)]
+        seen = [int(e) for e in np.flatnonzero(~self.heldout)]
         sets = {"world_facts": [q for e in held for q in self._single_questions(e)],
+                "world_facts_seen": [q for e in seen for q in self._single_questions(e)],
+                "world_recall": self._recall_prompts(held),
                 "world_two_hop": [q for e in held for rel in self.relations[e] if rel.bridge
-                                  for q in self._two_hop_questions(e, rel)]}
+                                  for q in self._two_hop_questions(e, rel)],
+                "world_two_hop_local": [q for e in held for rel in self.relations[e]
+                                        if not rel.bridge for q in self._two_hop_questions(e, rel)]}
         rng = np.random.default_rng([self.seed, 3])
         out = {}
         for name, questions in sets.items():
@@ -296,6 +346,29 @@ class WorldSource:
                 keep = np.sort(rng.permutation(len(questions))[:self.params["probe_size"]])
                 out[name] = [questions[i] for i in keep]
         return out
+
+    def _recall_prompts(self, entities: list[int]) -> list[ProbeQuestion]:
+        """Each entity's first description as training saw it, cut before each attribute value:
+        next-token recall of the memorized text (the paper's "BIO first-token accuracy")."""
+        first: dict[int, Document] = {}
+        for doc, (kind, e) in self._documents_by_entity():
+            if kind == "description":
+                first.setdefault(e, doc)
+        n_attr = len(self.attr_names)
+        out = []
+        for e in entities:
+            doc = first.get(e)
+            for fact_id, start, end in doc.facts if doc else ():
+                if fact_id < self.n_entities * n_attr:
+                    value = str(self.values[e, fact_id % n_attr])
+                    at = doc.text.rfind(" " + value, start, end) + 1
+                    out.append(ProbeQuestion(doc.text[:at] + value, at, doc.domain))
+        return out
+
+
+def _pronoun(template: str) -> str:
+    """The template with the entity as "it" instead of its name."""
+    return template.replace("{e}'s", "its").replace("{e}", "it")
 
 
 def _question(question: str, answer: str, domain: str) -> ProbeQuestion:

@@ -1,0 +1,291 @@
+"""Load what the trainer wrote: one run dir, a sweep of them, or a wandb group, as :class:`Run`.
+
+Reads only the run-directory contract (``summary.json``, ``events.jsonl``, ``csv/metrics.csv``,
+``.hydra/overrides.yaml``), so it works on completed, failed, killed and still-running runs alike.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+# Override keys that repeat an experiment rather than move it: runs differing only here are
+# averaged, never treated as a point of the phase diagram.
+SEED_KEYS = frozenset({"seed"})
+
+# The value of a knob in a run that did not override it: the config's default applies.
+DEFAULT_VALUE = "default"
+
+# Without a swept axis every run sits at this one point of the phase diagram.
+ALL_RUNS = "all runs"
+
+Series = tuple[np.ndarray, np.ndarray]
+
+
+class AnalysisError(ValueError):
+    """Bad input to the analysis; the message names the path or lists what is available."""
+
+
+@dataclass
+class Run:
+    """One run dir as the analysis sees it: what the trainer wrote, nothing recomputed."""
+
+    path: Path
+    name: str
+    summary: dict
+    events: list[dict]
+    series: dict[str, Series]
+    overrides: dict[str, str]
+
+    @property
+    def status(self) -> str:
+        """summary.json's status ("completed", "failed"); "incomplete" until the trainer writes it."""
+        return self.summary.get("status", "incomplete")
+
+    @property
+    def completed(self) -> bool:
+        return self.status == "completed"
+
+    @property
+    def error(self) -> str:
+        """The first line of the failure message: enough to tell an OOM from a config error."""
+        if not self.summary:
+            return "no summary.json: the job was killed, or is still running"
+        error = self.summary.get("error") or ""
+        return error.strip().splitlines()[0] if error.strip() else ""
+
+    def metric_names(self) -> set[str]:
+        return set(self.summary.get("metrics") or {}) | set(self.series)
+
+    def final(self, name: str) -> float:
+        """Last value of a series: summary.json's when it has one, else the CSV's last cell."""
+        value = (self.summary.get("metrics") or {}).get(name)
+        if value is not None:
+            return float(value)
+        if name in self.series:
+            return float(self.series[name][1][-1])
+        return math.nan
+
+    def jump_steps(self, name: str) -> list[int]:
+        return sorted(int(event["step"]) for event in self.events if event.get("series") == name)
+
+    def tokens_to_jump(self, name: str) -> int | None:
+        """Tokens seen when ``name`` first jumped: the time-to-emergence axis of a phase diagram.
+
+        Tokens rather than steps, so runs with different batch or sequence sizes compare.
+        """
+        events = sorted((e for e in self.events if e.get("series") == name), key=lambda e: e["step"])
+        if not events:
+            return None
+        if events[0].get("tokens") is not None:  # the trainer's own count
+            return int(events[0]["tokens"])
+        tokens_per_step = self.summary.get("tokens_per_step")
+        # The event's step is the index of the batch just trained on: step + 1 batches seen.
+        return None if tokens_per_step is None else (int(events[0]["step"]) + 1) * int(tokens_per_step)
+
+    def lead_lag(self, name: str) -> tuple[str, int] | None:
+        """The series that moved first, before or with ``name``'s first jump, and its lead in
+        steps (capability onset - series onset): the one definition of
+        :mod:`trainer.measures.leadlag`, onsets compared at each series' resolution. A lead below
+        the resolution reads as coinciding, and can then be negative."""
+        from trainer.measures.leadlag import first_lead, lead_lag
+
+        entries = [e for e in lead_lag(e for e in self.events if "onset_step" in e) if e["series"] == name]
+        lead = first_lead(entries[0]) if entries else None
+        return None if lead is None else (lead["series"], lead["lead_steps"])
+
+    def knob(self, key: str | None) -> str:
+        if key is None:
+            return ALL_RUNS
+        return self.overrides.get(key, DEFAULT_VALUE)
+
+
+def parse_overrides(overrides: Iterable[str]) -> dict[str, str]:
+    """``["data.n_classes=512", "+x=1"]`` -> ``{"data.n_classes": "512", "x": "1"}``.
+
+    Hydra's ``+``/``++``/``~`` prefixes say how a key was set, not which knob it is, so they are
+    dropped; values stay strings so that ``0.10`` and ``0.1`` are shown as the user typed them.
+    """
+    parsed = {}
+    for override in overrides:
+        key, _, value = str(override).partition("=")
+        parsed[key.lstrip("+~")] = value
+    return parsed
+
+
+def load_series(csv_path: str | Path) -> dict[str, Series]:
+    """Every column of a Lightning CSVLogger file as ``name -> (steps, values)``.
+
+    Rows are sparse (a series is logged only at some steps), so each series keeps only its own
+    cells. A step logged twice (a resumed run re-logs from its checkpoint) keeps the later value.
+    """
+    csv_path = Path(csv_path)
+    with csv_path.open(newline="") as f:
+        reader = csv.DictReader(f)
+        if not reader.fieldnames or "step" not in reader.fieldnames:
+            raise AnalysisError(
+                f"{csv_path} has no 'step' column; is it a Lightning CSVLogger file?"
+            )
+        by_step: dict[str, dict[int, float]] = {n: {} for n in reader.fieldnames if n != "step"}
+        for line_number, row in enumerate(reader, start=2):
+            try:
+                step = int(float(row["step"]))
+                for name, cell in row.items():
+                    if name in by_step and cell not in ("", None):
+                        by_step[name][step] = float(cell)
+            except (TypeError, ValueError) as exc:
+                raise AnalysisError(f"{csv_path}, line {line_number}: {exc}") from exc
+    series = {}
+    for name, points in by_step.items():
+        if points:
+            steps = np.array(sorted(points), dtype=np.int64)
+            series[name] = (steps, np.array([points[s] for s in steps], dtype=float))
+    return series
+
+
+def _metrics_csv(run_dir: Path) -> Path | None:
+    """``csv/metrics.csv``; a plain CSVLogger nests it as ``csv/.../version_N/``, latest wins."""
+    direct = run_dir / "csv" / "metrics.csv"
+    if direct.is_file():
+        return direct
+    nested = sorted((run_dir / "csv").glob("**/metrics.csv"), key=lambda p: p.stat().st_mtime)
+    return nested[-1] if nested else None
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise AnalysisError(f"{path} is not valid JSON: {exc}") from exc
+
+
+def _read_events(run_dir: Path, summary: dict) -> list[dict]:
+    path = run_dir / "events.jsonl"
+    if not path.is_file():
+        return list(summary.get("jumps") or [])
+    events = []
+    text = path.read_text()
+    if not text.endswith("\n"):  # a process killed mid-append leaves a torn last line: skipped
+        text = text[: text.rfind("\n") + 1]
+    for line_number, line in enumerate(text.splitlines(), start=1):
+        if line.strip():
+            try:
+                events.append(json.loads(line))
+            except json.JSONDecodeError as exc:
+                raise AnalysisError(f"{path}, line {line_number}: {exc}") from exc
+    return events
+
+
+def load_run(run_dir: str | Path, name: str | None = None) -> Run:
+    """Read one run dir. A run still training or killed (no summary.json) loads from its CSV and
+    ``.hydra/`` alone, with status "incomplete"."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise AnalysisError(f"{run_dir} is not a directory")
+    summary_path = run_dir / "summary.json"
+    metrics_csv = _metrics_csv(run_dir)
+    if not summary_path.is_file() and metrics_csv is None and not (run_dir / ".hydra").is_dir():
+        raise AnalysisError(
+            f"{run_dir} is not a run dir: it has none of summary.json, csv/metrics.csv, .hydra/"
+        )
+    summary = _read_json(summary_path) if summary_path.is_file() else {}
+    overrides_yaml = run_dir / ".hydra" / "overrides.yaml"
+    if "overrides" in summary:
+        overrides = summary["overrides"] or []
+    elif overrides_yaml.is_file():
+        overrides = yaml.safe_load(overrides_yaml.read_text()) or []
+    else:
+        overrides = []
+    return Run(
+        path=run_dir,
+        name=name or run_dir.name,
+        summary=summary,
+        events=_read_events(run_dir, summary),
+        series=load_series(metrics_csv) if metrics_csv else {},
+        overrides=parse_overrides(overrides),
+    )
+
+
+def natural_key(text: str) -> list:
+    """Job folders sort 0, 1, 2, ..., 10 rather than 0, 1, 10, 2."""
+    return [
+        (0, int(part), "") if part.isdigit() else (1, 0, part) for part in re.split(r"(\d+)", text)
+    ]
+
+
+def find_run_dirs(sweep_dir: str | Path) -> list[Path]:
+    """Every job folder under ``sweep_dir`` (itself included): one that holds a summary.json, or
+    the ``.hydra/`` Hydra writes when a job starts. A job killed before the trainer wrote its
+    summary has only the latter; it must be listed as incomplete, not vanish from the sweep."""
+    sweep_dir = Path(sweep_dir)
+    if not sweep_dir.is_dir():
+        raise AnalysisError(f"{sweep_dir} is not a directory")
+    found = {p.parent for p in sweep_dir.rglob("summary.json")}
+    found |= {p.parent for p in sweep_dir.rglob(".hydra") if p.is_dir()}
+    return sorted(found, key=lambda p: natural_key(p.relative_to(sweep_dir).as_posix()))
+
+
+def load_sweep(sweep_dir: str | Path) -> list[Run]:
+    """All runs of a sweep (a single run dir counts as a sweep of one), named by their folder
+    relative to the sweep dir."""
+    sweep_dir = Path(sweep_dir)
+    run_dirs = find_run_dirs(sweep_dir)
+    if not run_dirs:
+        raise AnalysisError(
+            f"{sweep_dir} is not a sweep or run dir: no summary.json or .hydra/ under it"
+        )
+    runs = []
+    for run_dir in run_dirs:
+        relative = run_dir.relative_to(sweep_dir).as_posix()
+        runs.append(load_run(run_dir, name=run_dir.name if relative == "." else relative))
+    return runs
+
+
+def load_wandb_group(group: str, project: str = "emergence-lab", entity: str | None = None,
+                     api=None) -> list[Run]:
+    """The runs of one wandb group (a sweep logged with ``logger=wandb``), read through wandb's
+    public API, as the analysis sees a sweep directory: overrides and tokens per step from the
+    run config the trainer uploads, final values from the run summary, every series from the
+    history, jump events from the ``jump/<series>`` markers."""
+    if api is None:
+        import wandb
+
+        api = wandb.Api()
+    path = f"{entity}/{project}" if entity else project
+    found = list(api.runs(path, filters={"group": group}))
+    if not found:
+        raise AnalysisError(f"wandb group {group!r} of project {path!r} has no runs")
+    runs = []
+    for remote in found:
+        config = dict(remote.config)
+        tokens_per_step = config.get("tokens_per_step")
+        points: dict[str, dict[int, float]] = {}
+        events = []
+        for row in remote.scan_history():
+            step = row.get("trainer/global_step", row.get("_step"))
+            for key, value in row.items():
+                if key.startswith(("_", "trainer/")) or not isinstance(value, (int, float)):
+                    continue
+                if key.startswith("jump/"):
+                    events.append({"series": key[len("jump/"):], "step": int(step), "size": value,
+                                   "tokens": None if tokens_per_step is None
+                                   else (int(step) + 1) * int(tokens_per_step)})
+                else:
+                    points.setdefault(key, {})[int(step)] = float(value)
+        series = {k: (np.array(sorted(v), dtype=np.int64), np.array([v[s] for s in sorted(v)]))
+                  for k, v in points.items()}
+        state = {"finished": "completed", "running": "incomplete"}.get(remote.state, "failed")
+        metrics = {k: float(v) for k, v in dict(remote.summary).items()
+                   if not k.startswith(("_", "trainer/", "jump/")) and isinstance(v, (int, float))}
+        summary = {"status": state, "metrics": metrics, "tokens_per_step": tokens_per_step}
+        runs.append(Run(path=Path(remote.name), name=remote.name, summary=summary, events=events,
+                        series=series, overrides=parse_overrides(config.get("overrides") or [])))
+    return runs
