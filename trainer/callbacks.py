@@ -100,9 +100,8 @@ class RunSummary(L.Callback):
             "jumps": watch.events() if watch else [],
             "lead_lag": watch.lead_lag() if watch else [],
             "invalid_metrics": watch.invalid if watch else [],
-            "monitor_seconds": {
-                type(c).__name__: round(c.seconds, 3) for c in trainer.callbacks if hasattr(c, "seconds")
-            },
+            "monitor_seconds": _seconds(trainer, "seconds"),
+            "checkpoint_seconds": _seconds(trainer, "checkpoint_seconds"),
             **run_info.environment(),
         }
         run_info.write_json(self.run_dir / "summary.json", summary)
@@ -120,3 +119,9 @@ class RunSummary(L.Callback):
 
 def _to_float(value: Any) -> float:
     return float(value.item()) if isinstance(value, torch.Tensor) else float(value)
+
+
+def _seconds(trainer, attribute: str) -> dict[str, float]:
+    """Wall seconds each callback spent, as it timed itself (``attribute``), by class name."""
+    return {type(c).__name__: round(getattr(c, attribute), 3)
+            for c in trainer.callbacks if hasattr(c, attribute)}

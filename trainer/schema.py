@@ -157,8 +157,9 @@ def reference_markdown(cfg: DictConfig) -> str:
     for knob in KNOBS:
         places = _places(cfg, knob)
         key = places[0][0] if places else knob.key  # the name a user types (callbacks.probes...)
-        default = places[0][1] if places and places[0][1] != "<missing>" else ""
+        default = places[0][1] if places and places[0][1] != "<missing>" else "(per model)"
         default = OmegaConf.to_container(default) if OmegaConf.is_config(default) else default
+        default = "null" if default is None else default  # as it is written in conf/
         types = " or ".join(dict.fromkeys(names[t] for t in knob.types if t is not int or float
                                           not in knob.types))
         lines.append(f"| `{key}` | {types} | `{default}` | {knob.rule} | {knob.help} |")

@@ -84,7 +84,9 @@ class CheckpointTrail(L.Callback):
         self.budget_bytes = int(budget_mb * 2**20)
         self.protect_window = protect_window
         self.schedule: set[int] = set()
-        self.seconds = 0.0
+        # Reported as summary.json's checkpoint_seconds, beside (not inside) monitor_seconds: the
+        # trail writes checkpoints as RunCheckpoint does; it measures nothing during training.
+        self.checkpoint_seconds = 0.0
         self.thinned = 0
         self.warned = False
 
@@ -110,7 +112,7 @@ class CheckpointTrail(L.Callback):
         torch.save({"global_step": step, "state_dict": pl_module.state_dict()}, path.with_suffix(".tmp"))
         os.replace(path.with_suffix(".tmp"), path)
         self._thin()
-        self.seconds += time.perf_counter() - start
+        self.checkpoint_seconds += time.perf_counter() - start
 
     def _protected(self) -> set[int]:
         """Trail steps near the onset of a jump detected so far (events.jsonl of the run)."""

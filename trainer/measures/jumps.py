@@ -323,6 +323,13 @@ class JumpDetector:
         gains = [values[i] - values[i - m] for i in range(first_gain, reference_end + 1)]
         centre = statistics.median(gains)
         mad = MAD_TO_SD * statistics.median([abs(g - centre) for g in gains])
+        deviation = values[t] - values[t - m] - centre
+        floor = max(mad, 1e-12 * (1 + abs(values[t])))
+        if abs(deviation) < self.z_trigger * floor:
+            # The other floors below only make the scale larger: this evaluation cannot fire, and
+            # its exact z is never used. Most evaluations end here, which keeps the detector cheap
+            # enough to watch every series at every evaluation.
+            return deviation / floor
 
         first_value = max(state.start, reference_end - self.history + 1)
         residual_sd = _residual_sd(state.steps[first_value : reference_end + 1],
@@ -332,8 +339,7 @@ class JumpDetector:
             _noise_variance(values[t - m], n_evals[t - m], count)
             + _noise_variance(values[t], n_evals[t], count)
         )
-        scale = max(mad, math.sqrt(2.0) * residual_sd, model_sd, 1e-12 * (1 + abs(values[t])))
-        return (values[t] - values[t - m] - centre) / scale
+        return deviation / max(floor, math.sqrt(2.0) * residual_sd, model_sd)
 
     def _onset(self, state: _Series, first_trigger: int, t: int, direction: int) -> int:
         """The evaluation after the largest one-eval change since the first trigger's gain began.

@@ -161,7 +161,9 @@ class Attention(nn.Module):
         values of earlier tokens come from it and the new ones are stored in ``slot``."""
         B, T, C = x.shape
         qkv = self.qkv(x).view(B, T, 3, self.n_head, self.head_dim)
-        q, k, v = rotary_qkv(qkv, cos, sin, plain=need_weights)
+        # The explicit path keeps the plain formulas for their double backward; without grad
+        # (the monitors' forward passes) the fused rotation is the same function, and cheaper.
+        q, k, v = rotary_qkv(qkv, cos, sin, plain=need_weights and torch.is_grad_enabled())
         start = 0
         if cache is not None:
             start = cache.pos
@@ -210,7 +212,8 @@ class Block(nn.Module):
         a, weights = self.attn(self.norm1(x), cos, sin, need_weights, cache, slot)
         x = x + self.drop(a)
         if self.mlp is not None:
-            x = x + self.drop(self.mlp(self.norm2(x), plain=need_weights))
+            plain = need_weights and torch.is_grad_enabled()
+            x = x + self.drop(self.mlp(self.norm2(x), plain=plain))
         return x, weights
 
 
