@@ -38,20 +38,22 @@ separators and padding) and ``doc_pos`` (the position inside that document), fro
 from __future__ import annotations
 
 import inspect
-import math
 import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
+from data_mixers import text_stats
 from data_mixers.base import DataConfigError, ProbeSet, StepSampler, row_rng
 from data_mixers.curriculum import check_curriculum, effective_knobs
 from data_mixers.diversity import term_bridge_documents
 from data_mixers.sources.hf import HFSource
 from data_mixers.sources.world import WorldSource
+from data_mixers.text_plan import Plan
+from data_mixers.text_probes import answer_probe, heldout_probe
 from data_mixers.token_store import TextSource, TokenStore, open_or_build
-from data_mixers.tokenizer import build_tokenizer, token_index_at, tokenizer_vocab_size
+from data_mixers.tokenizer import build_tokenizer, tokenizer_vocab_size
 
 SOURCES = {"world": WorldSource, "hf": HFSource}
 INTEGER_KNOBS = ("n_domains_active", "fragment_length", "docs_per_window", "unique_tokens")
@@ -134,7 +136,7 @@ class TextMixer(StepSampler):
             for value in ends:
                 self._check_scalar_knobs({**self.base_knobs, knob: value}, "curriculum")
         self._opened = False
-        self._plans: dict[Any, _Plan] = {}
+        self._plans: dict[Any, Plan] = {}
 
     # -- building and opening the stores -----------------------------------------------------
 
@@ -328,7 +330,7 @@ class TextMixer(StepSampler):
         probs[focus] = share
         return probs
 
-    def _plan(self, knobs: Mapping[str, Any], where: str = "data") -> _Plan:
+    def _plan(self, knobs: Mapping[str, Any], where: str = "data") -> Plan:
         """Everything :meth:`rows` derives from the knobs, cached per distinct knob setting (a
         bounded cache: a continuous ramp makes a new setting every step)."""
         key = tuple((k, tuple(v) if isinstance(v, list) else v) for k, v in sorted(knobs.items()))
@@ -336,7 +338,7 @@ class TextMixer(StepSampler):
         if plan is None:
             self._open()
             self._check_scalar_knobs(knobs, where)
-            plan = _Plan(self, knobs, self._domain_probabilities(knobs, where))
+            plan = Plan(self, knobs, self._domain_probabilities(knobs, where))
             if len(self._plans) >= PLAN_CACHE_SIZE:
                 self._plans.pop(next(iter(self._plans)))
             self._plans[key] = plan
@@ -404,63 +406,9 @@ class TextMixer(StepSampler):
     # -- measurement -------------------------------------------------------------------------
 
     def batch_stats(self, batch: Mapping[str, np.ndarray]) -> dict[str, float]:
-        """What the batch really contains.
-
-        ``bridge_density``: fraction of rows holding a document that links two domains in its
-        content: a labelled bridge (``bridge_doc_rows``: the world's relations into another
-        domain) or a term bridge (``term_bridge_rows``: it uses terms anchored in another domain,
-        see :func:`data_mixers.diversity.term_bridge_documents`; defined on any corpus).
-        ``cross_domain_rows``: rows whose window packs text of two or more domains side by side
-        (a fragmentation effect, not a bridge: it is not counted in ``bridge_density``).
-        ``unique_facts``: distinct
-        facts whose whole sentence lies inside an emitted fragment (``fact_coverage``: as a
-        fraction of all facts); ``mean_fragment_length`` and ``docs_per_window``: runs of one
-        document, per run and per row; ``unique_documents``.
-        """
+        """What the batch really contains: see :func:`data_mixers.text_stats.batch_stats`."""
         self._open()
-        doc_id = np.asarray(batch["doc_id"])
-        domain = np.asarray(batch["domain"])
-        present = doc_id >= 0
-        previous = np.concatenate([np.full((len(doc_id), 1), -1), doc_id[:, :-1]], axis=1)
-        run_start = present & (doc_id != previous)
-        n_runs = int(run_start.sum())
-        safe_id = np.where(present, doc_id, 0)
-        has_bridge = (present & self.doc_bridge[safe_id]).any(axis=1)
-        has_term_bridge = (present & self.doc_term_bridge[safe_id]).any(axis=1)
-        ordered = np.sort(domain, axis=1)
-        n_domains = (((ordered[:, 1:] != ordered[:, :-1]) & (ordered[:, 1:] >= 0)).sum(axis=1)
-                     + (ordered[:, 0] >= 0))
-        cross = n_domains >= 2
-        stats = {
-            "bridge_density": float((has_bridge | has_term_bridge).mean()),
-            "bridge_doc_rows": float(has_bridge.mean()),
-            "term_bridge_rows": float(has_term_bridge.mean()),
-            "cross_domain_rows": float(cross.mean()),
-            "mean_fragment_length": float(present.sum() / max(n_runs, 1)),
-            "docs_per_window": float(n_runs / len(doc_id)),
-            "unique_documents": float(len(np.unique(doc_id[present]))),
-        }
-        if self.n_facts:
-            facts = self._facts_in_runs(doc_id, np.asarray(batch["doc_pos"]), run_start)
-            stats["unique_facts"] = float(len(facts))
-            stats["fact_coverage"] = len(facts) / self.n_facts
-        return stats
-
-    def _facts_in_runs(self, doc_id: np.ndarray, doc_pos: np.ndarray, run_start: np.ndarray
-                       ) -> set[int]:
-        """Facts whose token span lies inside one run (a fragment: consecutive positions of one
-        document); starts and ends pair up because ``np.nonzero`` lists both in row order."""
-        following = np.concatenate([doc_id[:, 1:], np.full((len(doc_id), 1), -1)], axis=1)
-        run_end = (doc_id >= 0) & (doc_id != following)
-        docs = doc_id[run_start]
-        first, last = doc_pos[run_start], doc_pos[run_end]
-        facts: set[int] = set()
-        for d, lo_pos, hi_pos in zip(docs, first, last):
-            lo, hi = self.fact_offsets[d], self.fact_offsets[d + 1]
-            spans = self.fact_spans[lo:hi]
-            inside = (spans[:, 0] >= lo_pos) & (spans[:, 1] <= hi_pos + 1)
-            facts.update(self.fact_ids[lo:hi][inside].tolist())
-        return facts
+        return text_stats.batch_stats(self, batch)
 
     def repetition_factor(self, token_budget: int, step: int = 0) -> float:
         """How many times, on average, training sees each token of the pool at ``step`` (before
@@ -489,93 +437,8 @@ class TextMixer(StepSampler):
         for i, source in enumerate(self.sources):
             names = self._stores[i].domain_names
             for name, questions in source.probe_questions().items():
-                out.append(self._probe_set(name, questions, names, self._domain_offset[i]))
+                out.append(answer_probe(self, name, questions, names, self._domain_offset[i]))
         for d, docs in enumerate(self._heldout_docs):
             if len(docs):
-                out.append(self._heldout_set(self.domain_names[d], docs, d))
+                out.append(heldout_probe(self, self.domain_names[d], docs, d))
         return out
-
-    def _heldout_set(self, domain_name: str, docs: np.ndarray, domain: int) -> ProbeSet:
-        """One row per held-out document, from its start; the loss counts its own tokens only."""
-        width = self.seq_len + 1
-        tokens = np.full((len(docs), width), self.tokenizer.eos_id, dtype=np.int64)
-        loss_mask = np.zeros((len(docs), self.seq_len), dtype=np.float32)
-        for j, doc in enumerate(docs):
-            n = int(min(self.doc_len[doc], width))
-            tokens[j, :n] = self._gather(self.doc_store[[doc] * n], self.doc_start[doc] + np.arange(n))
-            loss_mask[j, :n - 1] = 1.0
-        batch = {"input_ids": tokens[:, :-1], "targets": tokens[:, 1:], "loss_mask": loss_mask,
-                 "domain": np.full((len(docs), self.seq_len), domain, dtype=np.int64)}
-        return ProbeSet(f"heldout/{domain_name}", batch, kind="loss",
-                        meta={"documents": [int(x) for x in docs]})
-
-    def _probe_set(self, name: str, questions: list, domain_names: list[str], offset: int
-                   ) -> ProbeSet:
-        """Rows as wide as the longest prompt needs (up to its answer), not ``seq_len``: the
-        probe reads one position per row, and on short questions that makes scoring several
-        times cheaper. A prompt longer than a window keeps its last ``seq_len`` tokens, the most
-        context training ever gives a prediction."""
-        encoded = self.tokenizer.encode_with_offsets([q.text for q in questions])
-        answers = np.array([token_index_at(char_starts, q.answer_start)
-                            for q, (_, char_starts) in zip(questions, encoded)], dtype=np.int64)
-        starts = np.maximum(answers - self.seq_len, 0)
-        answers -= starts
-        n, width = len(questions), int(answers.max()) + 1
-        tokens = np.full((n, width), self.tokenizer.eos_id, dtype=np.int64)
-        for j, (ids, _) in enumerate(encoded):
-            row = ids[starts[j]:starts[j] + width]
-            tokens[j, :len(row)] = row
-        answer_positions = answers - 1
-        loss_mask = np.zeros((n, width - 1), dtype=np.float32)
-        loss_mask[np.arange(n), answer_positions] = 1.0
-        domain = np.array([offset + domain_names.index(q.domain) for q in questions])
-        batch = {"input_ids": tokens[:, :-1], "targets": tokens[:, 1:], "loss_mask": loss_mask,
-                 "domain": np.repeat(domain[:, None], width - 1, axis=1),
-                 "doc_id": np.full((n, width - 1), -1, dtype=np.int64),
-                 "doc_pos": np.full((n, width - 1), -1, dtype=np.int64)}
-        meta = {"questions": [q.text[:q.answer_start] for q in questions],
-                "answers": [q.text[q.answer_start:] for q in questions]}
-        return ProbeSet(name, batch, kind="answer", answer_positions=answer_positions, meta=meta)
-
-
-class _Plan:
-    """The arrays one knob setting implies: domain CDF, document pool, pieces per row."""
-
-    def __init__(self, mixer: TextMixer, knobs: Mapping[str, Any], probs: np.ndarray) -> None:
-        self.probs = probs
-        self.cdf = np.cumsum(probs)
-        self.cdf[-1] = 1.0
-        self.rows_mode = knobs["weights_count"] == "rows"
-        fl = knobs["fragment_length"]
-        self.fragment_length = int(fl) if fl else None
-        pool = self._pool(mixer, knobs["unique_tokens"], probs > 0)
-        self.pool_count = np.array([len(p) for p in pool], dtype=np.int64)
-        self.pool_offset = np.concatenate([[0], np.cumsum(self.pool_count)[:-1]])
-        self.pool_docs = np.concatenate(pool).astype(np.int64)
-        self.pool_tokens = int(mixer.doc_len[self.pool_docs].sum())
-        width = mixer.seq_len + 1
-        k = knobs["docs_per_window"]
-        if k:
-            self.slot, self.n_pieces = width // int(k), int(k)
-        else:
-            shortest = int(mixer.doc_len[self.pool_docs].min())
-            if self.fragment_length is not None:
-                shortest = min(shortest, self.fragment_length)
-            self.slot, self.n_pieces = None, math.ceil(width / (shortest + 1))
-
-    @staticmethod
-    def _pool(mixer: TextMixer, unique_tokens: int | None, used: np.ndarray) -> list[np.ndarray]:
-        """Per domain, the documents that may be drawn: all, or a prefix of each used domain
-        whose tokens add up to its share of ``unique_tokens``."""
-        if unique_tokens is None:
-            return [docs if used[d] else docs[:0] for d, docs in enumerate(mixer._domain_docs)]
-        fraction = float(unique_tokens) / mixer._domain_tokens[used].sum()
-        pool = []
-        for d, docs in enumerate(mixer._domain_docs):
-            if not used[d]:
-                pool.append(docs[:0])
-                continue
-            cumulative = np.cumsum(mixer.doc_len[docs])
-            n = np.searchsorted(cumulative, fraction * mixer._domain_tokens[d], side="right")
-            pool.append(docs[:max(1, n)])
-        return pool

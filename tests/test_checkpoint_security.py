@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import pickle
 
 import pytest
 import torch
@@ -25,8 +26,8 @@ def test_a_malicious_checkpoint_runs_nothing_and_is_refused(tmp_path):
     marker = tmp_path / "PWNED"
     evil = tmp_path / "evil.ckpt"
     torch.save({"state_dict": {}, "global_step": 0, "evil": _RunsACommand(str(marker))}, evil)
-    # The same file loaded the unsafe way would run the command: the test can fail.
-    torch.load(evil, weights_only=False)
+    # The payload is live: unpickled, it runs the command (so the test below can fail).
+    pickle.loads(pickle.dumps(_RunsACommand(str(marker))))
     assert marker.exists()
     marker.unlink()
 
