@@ -108,7 +108,15 @@ class StepSampler(abc.ABC):
         """Build caches (token stores, tokenizers) once, on one process, before training."""
 
     def probe_sets(self) -> list[ProbeSet]:
-        """Fixed evaluation sets for the capability probes (none by default)."""
+        """Fixed evaluation sets for the capability probes, built once per sampler: the start of a
+        run asks for them several times (the metric check, the run files, the probe and topology
+        monitors), and on text building them tokenizes every question."""
+        if getattr(self, "_probe_cache", None) is None:
+            self._probe_cache = self.build_probe_sets()
+        return self._probe_cache
+
+    def build_probe_sets(self) -> list[ProbeSet]:
+        """What :meth:`probe_sets` returns; subclasses override this (none by default)."""
         return []
 
     def knobs_at(self, step: int) -> dict[str, float]:

@@ -428,7 +428,7 @@ class TextMixer(StepSampler):
 
     # -- probes ------------------------------------------------------------------------------
 
-    def probe_sets(self) -> list[ProbeSet]:
+    def build_probe_sets(self) -> list[ProbeSet]:
         """The sources' held-out questions as ``answer`` probes (``answer_positions`` is the
         position whose target is the first token of the answer; only it has loss mask 1), and
         per domain a ``loss`` probe ``heldout/<domain>`` on documents training never sees."""

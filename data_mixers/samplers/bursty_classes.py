@@ -376,7 +376,7 @@ class BurstyClasses(StepSampler):
         }
         return ProbeSet("iwl", batch, "answer", np.full(len(u), self.seq_len - 1), meta)
 
-    def probe_sets(self) -> list[ProbeSet]:
+    def build_probe_sets(self) -> list[ProbeSet]:
         """``icl`` (answer only in the context), ``iwl`` (answer only in the weights) and, with
         held-out classes, ``icl_heldout`` (in-context learning on classes training never showed).
         Built from the configured knobs, not the curriculum's, so they stay fixed over a run."""

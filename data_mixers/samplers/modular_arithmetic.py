@@ -65,7 +65,7 @@ class ModularArithmetic(StepSampler):
         idx = np.array([row_rng(self.seed, step, r).integers(len(self.train_pairs)) for r in range(start, stop)])
         return self._encode(self.train_pairs[idx])
 
-    def probe_sets(self) -> list[ProbeSet]:
+    def build_probe_sets(self) -> list[ProbeSet]:
         batch = self._encode(self.probe_pairs)
         return [ProbeSet("heldout", batch, kind="answer", answer_positions=np.full(len(self.probe_pairs), 3))]
 
