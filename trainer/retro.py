@@ -40,6 +40,7 @@ from typing import Any
 
 import numpy as np
 
+from trainer import run_info
 from trainer.config import ConfigError
 from trainer.retro_measure import load_setup, load_weights, measure
 
@@ -63,10 +64,7 @@ def checkpoints(run_dir: Path) -> dict[int, Path]:
 
 
 def read_events(run_dir: Path) -> list[dict[str, Any]]:
-    path = run_dir / "events.jsonl"
-    if not path.is_file():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return run_info.read_events(run_dir / "events.jsonl")
 
 
 def _near(step: int, onsets: Sequence[int], window: int) -> bool:

@@ -23,7 +23,6 @@ at one end; checkpoints within ``protect_window`` steps of a detected jump's ons
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import re
@@ -32,6 +31,8 @@ from pathlib import Path
 
 import lightning as L
 import torch
+
+from trainer.run_info import read_events
 
 log = logging.getLogger("emergence_lab")
 
@@ -116,13 +117,10 @@ class CheckpointTrail(L.Callback):
 
     def _protected(self) -> set[int]:
         """Trail steps near the onset of a jump detected so far (events.jsonl of the run)."""
-        events_path = self.dirpath.parent / "events.jsonl"
-        if not self.protect_window or not events_path.exists():
+        if not self.protect_window:
             return set()
-        onsets = []
-        for line in events_path.read_text().splitlines():
-            if line.strip():
-                onsets.append(int(json.loads(line)["onset_step"]) + 1)  # log step -> global step
+        events = read_events(self.dirpath.parent / "events.jsonl")
+        onsets = [int(e["onset_step"]) + 1 for e in events]  # log step -> global step
         return {
             step for step in trail_steps(self.dirpath)
             if any(abs(step - onset) <= self.protect_window for onset in onsets)

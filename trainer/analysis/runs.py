@@ -17,6 +17,8 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+from trainer.run_info import read_events
+
 # Override keys that repeat an experiment rather than move it: runs differing only here are
 # averaged, never treated as a point of the phase diagram.
 SEED_KEYS = frozenset({"seed"})
@@ -171,17 +173,10 @@ def _read_events(run_dir: Path, summary: dict) -> list[dict]:
     path = run_dir / "events.jsonl"
     if not path.is_file():
         return list(summary.get("jumps") or [])
-    events = []
-    text = path.read_text()
-    if not text.endswith("\n"):  # a process killed mid-append leaves a torn last line: skipped
-        text = text[: text.rfind("\n") + 1]
-    for line_number, line in enumerate(text.splitlines(), start=1):
-        if line.strip():
-            try:
-                events.append(json.loads(line))
-            except json.JSONDecodeError as exc:
-                raise AnalysisError(f"{path}, line {line_number}: {exc}") from exc
-    return events
+    try:
+        return read_events(path)
+    except ValueError as exc:
+        raise AnalysisError(str(exc)) from exc
 
 
 def load_run(run_dir: str | Path, name: str | None = None) -> Run:
