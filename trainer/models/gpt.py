@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from trainer.models.generate import KVCache, generate
-from trainer.models.ops import rotary_qkv, swiglu
+from trainer.models.ops import RopeSlice, pair_interleave, rotary_pairs, rotary_qkv, swiglu
 
 MLP_KINDS = ("swiglu", "gelu", "none")
 NORM_KINDS = ("layernorm", "rmsnorm")
@@ -123,7 +123,7 @@ class GPTConfig:
 
 def rope_tables(seq_len: int, head_dim: int, base: float) -> tuple[torch.Tensor, torch.Tensor]:
     """cos and sin [seq_len, head_dim/2] of the angle of frequency i at each position, built once
-    per model (the rotation itself is ``ops.rotary_qkv``)."""
+    per model (the rotation itself is ``ops.rotary_pairs`` / ``ops.rotary_qkv``)."""
     inv_freq = 1.0 / (base ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
     angles = torch.outer(torch.arange(seq_len, dtype=torch.float32), inv_freq)
     return angles.cos(), angles.sin()
@@ -147,23 +147,31 @@ class Attention(nn.Module):
         self.n_head, self.head_dim, self.dropout = cfg.n_head, cfg.head_dim, cfg.dropout
         self.qkv = nn.Linear(cfg.d_model, 3 * cfg.d_model, bias=False)
         self.proj = nn.Linear(cfg.d_model, cfg.d_model, bias=False)
+        self.register_buffer("pair_rows", pair_interleave(cfg.n_head, cfg.head_dim), persistent=False)
 
     def forward(
         self,
         x: torch.Tensor,
-        cos: torch.Tensor,
-        sin: torch.Tensor,
+        rope: RopeSlice,
         need_weights: bool = False,
         cache: KVCache | None = None,
         slot: int = 0,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """``cos``/``sin``: the tables of these T tokens' positions. With a ``cache`` the keys and
-        values of earlier tokens come from it and the new ones are stored in ``slot``."""
+        """``rope``: the tables of these T tokens' positions. With a ``cache`` the keys and values
+        of earlier tokens come from it and the new ones are stored in ``slot``."""
         B, T, C = x.shape
-        qkv = self.qkv(x).view(B, T, 3, self.n_head, self.head_dim)
         # The explicit path keeps the plain formulas for their double backward; without grad
         # (the monitors' forward passes) the fused rotation is the same function, and cheaper.
-        q, k, v = rotary_qkv(qkv, cos, sin, plain=need_weights and torch.is_grad_enabled())
+        plain = (need_weights and torch.is_grad_enabled()) or torch.compiler.is_compiling()
+        if (not plain and x.dtype in (torch.float32, torch.float64)
+                and not torch.is_autocast_enabled(x.device.type)):
+            # q and k come out with their rotation pairs adjacent (a permutation of the weight's
+            # rows; the parameter keeps its layout): one complex multiply rotates them.
+            qkv = F.linear(x, self.qkv.weight[self.pair_rows])
+            q, k, v = rotary_pairs(qkv.view(B, T, 3, self.n_head, self.head_dim), rope)
+        else:
+            qkv = self.qkv(x).view(B, T, 3, self.n_head, self.head_dim)
+            q, k, v = rotary_qkv(qkv, rope.cos, rope.sin, plain=plain)
         start = 0
         if cache is not None:
             start = cache.pos
@@ -193,8 +201,12 @@ class MLP(nn.Module):
         self.down = nn.Linear(width, cfg.d_model, bias=False)
 
     def forward(self, x: torch.Tensor, plain: bool = False) -> torch.Tensor:
-        h = self.up(x)
-        h = swiglu(h, plain) if self.kind == "swiglu" else F.gelu(h)
+        if self.kind == "swiglu":  # up.weight holds [gate; value] rows: one matmul per half
+            w = self.up.weight
+            half = w.shape[0] // 2
+            h = swiglu(F.linear(x, w[:half]), F.linear(x, w[half:]), plain)
+        else:
+            h = F.gelu(self.up(x))
         return self.down(h)
 
 
@@ -207,9 +219,9 @@ class Block(nn.Module):
         self.norm2 = None if self.mlp is None else make_norm(cfg)
         self.drop = nn.Dropout(cfg.dropout)
 
-    def forward(self, x, cos, sin, need_weights=False, cache=None, slot=0):
+    def forward(self, x, rope, need_weights=False, cache=None, slot=0):
         """``need_weights``: the explicit path (attention weights, plain formulas throughout)."""
-        a, weights = self.attn(self.norm1(x), cos, sin, need_weights, cache, slot)
+        a, weights = self.attn(self.norm1(x), rope, need_weights, cache, slot)
         x = x + self.drop(a)
         if self.mlp is not None:
             plain = need_weights and torch.is_grad_enabled()
@@ -294,11 +306,11 @@ class GPT(nn.Module):
             raise ValueError(
                 f"sequence length {end} exceeds model.max_seq_len={self.config.max_seq_len}"
             )
-        cos, sin = self.rope_cos[start:end], self.rope_sin[start:end]
+        rope = RopeSlice(self.rope_cos[start:end], self.rope_sin[start:end])
         x = self.embed(input_ids, item_vectors, item_mask)
         hidden, attn = [x], []
         for slot, block in enumerate(self.block_schedule()):
-            x, weights = block(x, cos, sin, return_attn, cache, slot)
+            x, weights = block(x, rope, return_attn, cache, slot)
             hidden.append(x)
             attn.append(weights)
         if cache is not None:
