@@ -269,3 +269,17 @@ def test_rmsnorm_option_keeps_parameter_names():
     assert isinstance(rms.blocks[0].norm1, torch.nn.RMSNorm)
     with pytest.raises(ValueError, match="model.norm='batch'"):
         GPT(**SMALL, norm="batch")
+
+
+def test_init_scale_multiplies_the_initial_weights_once_and_spares_the_norms():
+    base = GPT(**SMALL)
+    torch.manual_seed(0)
+    plain = GPT(**SMALL)
+    torch.manual_seed(0)
+    small = GPT(**SMALL, init_scale=0.25)  # tied embeddings: the shared matrix scaled once
+    for (name, p), q in zip(plain.named_parameters(), small.parameters()):
+        expected = p if "norm" in name else 0.25 * p
+        torch.testing.assert_close(q, expected, msg=name)
+    assert base.config.init_scale == 1.0
+    with pytest.raises(ValueError, match="model.init_scale=0"):
+        GPT(**SMALL, init_scale=0.0)

@@ -58,6 +58,9 @@ class GPTConfig:
     head_dim: int | None = None
     norm: str = "layernorm"
     mlp_multiple_of: int = 8
+    # Multiplies every initial weight matrix and embedding (not the norms' scales) after ``init``:
+    # the knob that decides whether in-context learning arrives after a plateau or smoothly.
+    init_scale: float = 1.0
 
     def __post_init__(self) -> None:
         problems = []
@@ -101,6 +104,8 @@ class GPTConfig:
                         "mlp_multiple_of"):
                 if getattr(self, key) < 1:
                     problems.append(f"model.{key}={getattr(self, key)} must be >= 1")
+            if not self.init_scale > 0.0:
+                problems.append(f"model.init_scale={self.init_scale} must be > 0")
             if not 0.0 <= self.dropout < 1.0:
                 problems.append(f"model.dropout={self.dropout} must lie in [0, 1)")
         if problems:
@@ -258,6 +263,12 @@ class GPT(nn.Module):
         self.register_buffer("rope_sin", sin, persistent=False)
         if cfg.init == "gpt2":
             self._init_gpt2()
+        if cfg.init_scale != 1.0:
+            weights = {id(m.weight): m.weight for m in self.modules()
+                       if isinstance(m, (nn.Linear, nn.Embedding))}  # tied: scaled once
+            with torch.no_grad():
+                for w in weights.values():
+                    w.mul_(cfg.init_scale)
         # "torch" keeps PyTorch's defaults (N(0, 1) embeddings, Kaiming-uniform linears). Measured
         # here: the attention-only model learns in-context classification within ~600 steps with
         # them and untied embeddings, and stays at chance for 5000 steps with GPT-2's init.
