@@ -174,3 +174,22 @@ def test_weight_groups_and_mismatched_snapshots():
         weight_metrics(params, {"h.0.w": torch.ones(4)})
     with pytest.raises(ValueError, match="changed shape"):
         weight_metrics(params, {"h.0.w": torch.ones(4), "h.1.w": torch.ones(5)})
+
+
+def test_attention_scored_across_layers_at_once_equals_each_layer_alone():
+    from trainer.monitors.topology_probe import _attention_by_layer
+
+    torch.manual_seed(0)
+    ids = torch.randint(0, 5, (6, 9))
+    layers = [torch.randn(6, heads, 9, 9).softmax(-1) for heads in (2, 1, 3)]
+    joint = [compute() for compute in _attention_by_layer(layers, ids)]
+    alone = [attention_metrics(a, ids) for a in layers]
+    assert [sorted(j) for j in joint] == [sorted(a) for a in alone]
+    for j, a in zip(joint, alone):
+        for key in a:
+            assert j[key] == pytest.approx(a[key], rel=1e-6)
+    layers[1][0, 0, 0, 0] = float("nan")  # one broken layer is reported alone
+    computes = _attention_by_layer(layers, ids)
+    assert computes[0]() == pytest.approx(alone[0])
+    with pytest.raises(ValueError):
+        computes[1]()

@@ -383,32 +383,37 @@ def weight_metrics(
     collapse often marks a phase change. A group whose previous norm is 0 (a zero-initialised
     bias) has no defined ratio, and its ``update_ratio`` key is omitted rather than reported inf.
 
-    The sums of squares are taken in float64 where the parameters live, and copied to the host
-    once (this runs on the fine schedule).
+    The norms are taken where the parameters live, in float32 at least, with one multi-tensor
+    kernel per quantity (``torch._foreach_norm``: ~10x fewer ops than a norm per parameter; this
+    runs on the fine schedule), and copied to the host once.
     """
     group_of = group_of or (lambda name: name)
     names = list(named_params)
     if not names:
         return {}
-    sums = []
-    for name in names:
-        current = named_params[name].detach().double()
-        sums.append(current.square().sum())
-        if previous is None:
-            continue
-        if name not in previous:
-            raise ValueError(f"parameter {name!r} is missing from the previous snapshot")
-        before = previous[name].detach().to(current.device, torch.float64)
-        if before.shape != current.shape:
-            raise ValueError(f"parameter {name!r} changed shape {tuple(before.shape)} -> {tuple(current.shape)}")
-        sums += [before.square().sum(), (current - before).square().sum()]
-    flat = torch.stack([t.to(sums[0].device) for t in sums]).cpu().tolist()
-    per_name = 1 if previous is None else 3
+    current = [named_params[name].detach() for name in names]
+    current = [t if t.dtype in (torch.float32, torch.float64) else t.float() for t in current]
+    norms = list(torch._foreach_norm(current))
+    if previous is not None:
+        before = []
+        for name, now in zip(names, current):
+            if name not in previous:
+                raise ValueError(f"parameter {name!r} is missing from the previous snapshot")
+            then = previous[name].detach().to(now.device, now.dtype)
+            if then.shape != now.shape:
+                raise ValueError(f"parameter {name!r} changed shape {tuple(then.shape)} -> {tuple(now.shape)}")
+            before.append(then)
+        norms += [*torch._foreach_norm(before), *torch._foreach_norm(torch._foreach_sub(current, before))]
+    if len({(n.dtype, n.device) for n in norms}) > 1:
+        norms = [n.to(norms[0].device, torch.float64) for n in norms]
+    flat = [value**2 for value in torch.stack(norms).double().cpu().tolist()]
+    n = len(names)
+    flat = [flat[i::n] for i in range(n)]  # per parameter: [norm^2, previous^2, update^2]
     squares: dict[str, float] = {}
     previous_squares: dict[str, float] = {}
     update_squares: dict[str, float] = {}
     for i, name in enumerate(names):
-        values = flat[i * per_name : (i + 1) * per_name]
+        values = flat[i]
         for group in (group_of(name), "total"):
             squares[group] = squares.get(group, 0.0) + values[0]
             if previous is not None:

@@ -290,8 +290,9 @@ class TopologyProbe(L.Callback):
                     measure(name, lambda X=X: topology.neighbourhood_metrics(
                         X, labels, k=self.k, h1=want_h1, h1_points=self.h1_points,
                         rng=np.random.default_rng(0)), detect=False)
-            for i, attn in enumerate(attention[0] if attention else []):
-                measure(f"topo/attn{i}", lambda attn=attn: topology.attention_metrics(attn, attention[1]))
+            if attention:
+                for i, layer in enumerate(_attention_by_layer(attention[0], attention[1])):
+                    measure(f"topo/attn{i}", layer)
         if self.weights:
             params = dict(model.named_parameters())
             measure("topo/weights", lambda: topology.weight_metrics(params, self.previous_weights, _param_group))
@@ -309,6 +310,28 @@ class TopologyProbe(L.Callback):
         self.previous_weights = state_dict.get("previous_weights")
         self.last_h1 = state_dict.get("last_h1")
         self.burst_until = state_dict.get("burst_until", -1)
+
+
+def _attention_by_layer(attn: list[torch.Tensor], input_ids) -> list:
+    """One ``compute`` per layer for ``measure``: the layers' heads are scored in one call of
+    ``attention_metrics`` (its masks and host copy once, not once per layer), then split; if that
+    call fails, each layer is scored alone so one bad layer does not hide the others."""
+    heads = [a.shape[1] for a in attn]
+    try:
+        joint = topology.attention_metrics(torch.cat(attn, dim=1), input_ids)
+    except ValueError:
+        return [lambda a=a: topology.attention_metrics(a, input_ids) for a in attn]
+    layers, first = [], 0
+    for n in heads:
+        layer = {}
+        for h in range(n):
+            for metric in ("entropy", "prefix_match"):
+                key = f"head{first + h}/{metric}"
+                if key in joint:
+                    layer[f"head{h}/{metric}"] = joint[key]
+        layers.append(lambda layer=layer: layer)
+        first += n
+    return layers
 
 
 def _param_group(name: str) -> str:
