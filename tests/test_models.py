@@ -131,8 +131,9 @@ def test_paired_rope_is_the_reference_rotation_in_another_feature_order():
     rows = pair_interleave(H, h)
     assert sorted(rows.tolist()) == list(range(3 * H * h))
     plain = (x @ weight.T).view(B, T, 3, H, h).permute(2, 0, 3, 1, 4)
-    qkv = (x @ weight[rows].T).view(B, T, 3, H, h).requires_grad_()
-    q, k, v = _RotaryPairs.apply(qkv, rope.pairs(H, torch.float64))
+    qkv = (x @ weight[rows].T).requires_grad_()
+    rotated = _RotaryPairs.apply(qkv.clone(), rope.pairs(H, torch.float64), H)
+    q, k, v = rotated.view(B, T, 3, H, h).permute(2, 0, 3, 1, 4)
     ref_q, ref_k = (rope_reference(t, rope.cos, rope.sin) for t in plain[:2])
     within = rows[:h]  # the permutation inside one head
     torch.testing.assert_close(q, ref_q[..., within])
@@ -140,7 +141,7 @@ def test_paired_rope_is_the_reference_rotation_in_another_feature_order():
     torch.testing.assert_close(v, plain[2])
     torch.testing.assert_close(q @ k.transpose(-2, -1), ref_q @ ref_k.transpose(-2, -1))
     cis = rope.pairs(H, torch.float64)
-    assert torch.autograd.gradcheck(lambda t: _RotaryPairs.apply(t, cis), (qkv,))
+    assert torch.autograd.gradcheck(lambda t: _RotaryPairs.apply(t.clone(), cis, H), (qkv,))
 
 
 @pytest.mark.parametrize("cls", [GPT, AttnOnly, Looped])

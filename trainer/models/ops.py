@@ -101,54 +101,73 @@ def _as_complex(x: torch.Tensor) -> torch.Tensor:
 
 
 class _RotaryPairs(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, qkv: torch.Tensor, cis: torch.Tensor):
-        B, T, _, H, h = qkv.shape
-        qk = qkv.new_empty(B, T, 2, H, h)
-        torch.mul(_as_complex(qkv[:, :, :2]), cis, out=_as_complex(qk))
-        ctx.save_for_backward(cis)
-        return qk[:, :, 0].transpose(1, 2), qk[:, :, 1].transpose(1, 2), qkv[:, :, 2].transpose(1, 2)
+    """Rotates q and k in place in the projection's fresh output (nothing else reads it: the
+    matmul's backward needs its inputs, not its output), so the forward allocates nothing and q,
+    k, v stay views of one tensor, as in a plain attention block."""
 
     @staticmethod
-    @once_differentiable
-    def backward(ctx, grad_q: torch.Tensor, grad_k: torch.Tensor, grad_v: torch.Tensor):
+    def forward(ctx, qkv: torch.Tensor, cis: torch.Tensor, n_head: int):
+        B, T, _ = qkv.shape
+        pairs = _as_complex(qkv.view(B, T, 3, n_head, -1)[:, :, :2])
+        torch.mul(pairs, cis, out=pairs)
+        ctx.mark_dirty(qkv)
+        ctx.save_for_backward(cis)
+        return qkv
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        # Linear in grad (a multiply by the fixed conjugate table), so it is its own correct
+        # double backward: no once_differentiable wrapper (and its overhead) needed.
         (cis,) = ctx.saved_tensors
-        B, H, T, h = grad_q.shape
-        grad_qkv = grad_q.new_empty(B, T, 3, H, h)
-        inverse = cis.conj().resolve_conj()
-        for i, grad in enumerate((grad_q, grad_k)):
-            torch.mul(_as_complex(grad.transpose(1, 2)), inverse[:, i],
-                      out=_as_complex(grad_qkv[:, :, i]))
-        grad_qkv[:, :, 2].copy_(grad_v.transpose(1, 2))
-        return grad_qkv, None
+        B, T, _ = grad.shape
+        grad_qkv = torch.empty_like(grad, memory_format=torch.contiguous_format)
+        dst = grad_qkv.view(B, T, 3, cis.shape[-2], -1)
+        src = grad.view(B, T, 3, cis.shape[-2], -1) if grad.is_contiguous() else grad.reshape(dst.shape)
+        torch.mul(_as_complex(src[:, :, :2]), cis.conj(), out=_as_complex(dst[:, :, :2]))
+        dst[:, :, 2].copy_(src[:, :, 2])
+        return grad_qkv, None, None
+
+
+def pair_table(cos: torch.Tensor, sin: torch.Tensor, n_head: int) -> torch.Tensor:
+    """cos + i sin laid out for ``rotary_pairs``: [T, 2, n_head, h/2, 2] real (q and k of every
+    head, a contiguous operand); a model keeps one as a buffer (real, so ``.double()``, device
+    moves and DDP's buffer broadcast treat it like any other)."""
+    cis = torch.stack([cos, sin], dim=-1)  # [T, h/2, 2]
+    return cis[:, None, None].expand(-1, 2, n_head, -1, -1).contiguous()
 
 
 class RopeSlice:
     """The rotation tables of the T positions of one forward pass, shared by its layers: ``cos``
-    and ``sin`` [T, h/2], and the complex table of ``rotary_pairs``, built on first use."""
+    and ``sin`` [T, h/2], and ``pairs``, the slice of a model's ``pair_table`` (built here on
+    first use when the model has none)."""
 
     __slots__ = ("cos", "sin", "_pairs")
 
-    def __init__(self, cos: torch.Tensor, sin: torch.Tensor) -> None:
-        self.cos, self.sin, self._pairs = cos, sin, None
+    def __init__(self, cos: torch.Tensor, sin: torch.Tensor, pairs: torch.Tensor | None = None) -> None:
+        self.cos, self.sin, self._pairs = cos, sin, pairs
 
     def pairs(self, n_head: int, dtype: torch.dtype) -> torch.Tensor:
-        """cos + i sin, [T, 2, n_head, h/2] (q and k of every head: a contiguous operand)."""
-        key = (n_head, dtype)
-        if self._pairs is None or self._pairs[0] != key:
-            cis = torch.complex(self.cos.to(dtype), self.sin.to(dtype))
-            self._pairs = (key, cis[:, None, None, :].expand(-1, 2, n_head, -1).contiguous())
-        return self._pairs[1]
+        """The complex table [T, 2, n_head, h/2] in the complex dtype of ``dtype``."""
+        table = self._pairs
+        if table is None or table.shape[2] != n_head:
+            table = self._pairs = pair_table(self.cos, self.sin, n_head)
+        if table.dtype != dtype:
+            table = self._pairs = table.to(dtype)
+        return torch.view_as_complex(table)
 
 
 def rotary_pairs(
-    qkv: torch.Tensor, rope: RopeSlice
+    qkv: torch.Tensor, rope: RopeSlice, n_head: int
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """RoPE for a projection computed with the rows of ``pair_interleave`` (float32/float64):
-    ``qkv`` viewed [B, T, 3, H, h]; returns q, k, v as [B, H, T, h] views for SDPA, q and k in
-    the interleaved feature order. One complex multiply over q and k together (inner loops of
-    H x h/2 numbers) where ``rotary_qkv`` runs eight kernels over half-heads; v is not copied."""
-    return _RotaryPairs.apply(qkv, rope.pairs(qkv.shape[-2], qkv.dtype))
+    ``qkv`` [B, T, 3C], the projection's own output (rotated in place); returns q, k, v as
+    [B, H, T, h] views for SDPA, q and k in the interleaved feature order. One complex multiply
+    over q and k together (inner loops of H x h/2 numbers) where ``rotary_qkv`` runs eight
+    kernels over half-heads, and no copies."""
+    B, T, _ = qkv.shape
+    qkv = _RotaryPairs.apply(qkv, rope.pairs(n_head, qkv.dtype), n_head)
+    q, k, v = qkv.view(B, T, 3, n_head, -1).unbind(2)
+    return q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
 
 
 class _SwiGLU(torch.autograd.Function):
