@@ -1,14 +1,17 @@
-"""Rotary embedding and SwiGLU as hand-written autograd functions: the same math as the plain
-tensor formulas (``rope_reference``, ``silu(gate) * value``), in fewer passes over memory.
+"""RoPE and SwiGLU as hand-written autograd functions: the same math as the plain tensor formulas
+(``rope_reference``, ``silu(gate) * value``), in fewer kernels and fewer passes over memory.
 
-Why: on a CPU, and on a GPU without ``torch.compile``, these elementwise ops are memory-bound, and
-autograd's default graph for them costs more than their FLOPs. The plain RoPE formula (chunk,
-four multiplies, an add and a subtract, a cat, then the copies of the qkv permute) took ~5% of a
-``gpt_small`` training step, SwiGLU's chunk backward another cat. Here:
+Why: on a CPU, and on a GPU without ``torch.compile``, these elementwise ops are memory- and
+overhead-bound, and autograd's default graph for them costs more than their FLOPs. The plain RoPE
+formula (chunk, four multiplies, an add and a subtract, a cat, then the copies of the qkv permute)
+took ~5% of a ``gpt_small`` training step, SwiGLU on views of one [gate | value] tensor ~5% more.
+Here:
 
-- ``rotary_qkv`` reads the qkv projection once and writes q, k (rotated) and v as contiguous
-  [B, H, T, h] tensors for SDPA; its backward is the inverse rotation (RoPE is orthogonal)
-  written straight into the qkv gradient's layout. It saves no activations.
+- ``rotary_pairs`` (float32/float64): the attention block computes its projection with the rows
+  of ``pair_interleave`` so each head's rotation pairs come out side by side; q and k are then
+  rotated in place by one complex multiply, and q, k, v stay views of the projection's output.
+- ``rotary_qkv`` (other dtypes, e.g. under autocast): reads the projection once and writes q, k
+  (rotated) and v as contiguous [B, H, T, h] tensors; its backward is the inverse rotation.
 - ``swiglu`` takes the gate and value as two contiguous tensors (see its docstring) and
   allocates three large tensors per call, not five.
 
@@ -107,17 +110,16 @@ class _RotaryPairs(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, qkv: torch.Tensor, cis: torch.Tensor, n_head: int):
-        B, T, _ = qkv.shape
-        pairs = _as_complex(qkv.view(B, T, 3, n_head, -1)[:, :, :2])
+        B, T, C3 = qkv.shape  # a fresh, contiguous matmul output: the view below is exact
+        pairs = torch.view_as_complex(qkv.view(B, T, 3, n_head, C3 // (6 * n_head), 2)[:, :, :2])
         torch.mul(pairs, cis, out=pairs)
         ctx.mark_dirty(qkv)
         ctx.save_for_backward(cis)
         return qkv
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, grad: torch.Tensor):
-        # Linear in grad (a multiply by the fixed conjugate table), so it is its own correct
-        # double backward: no once_differentiable wrapper (and its overhead) needed.
         (cis,) = ctx.saved_tensors
         B, T, _ = grad.shape
         grad_qkv = torch.empty_like(grad, memory_format=torch.contiguous_format)
