@@ -117,31 +117,30 @@ def test_fast_rope_and_swiglu_equal_the_plain_formulas_in_value_and_gradient():
 
 
 def test_paired_rope_is_the_reference_rotation_in_another_feature_order():
-    """The fast path permutes q's and k's rows of the qkv weight so a head's rotation pairs sit
-    side by side: the rotated q and k are the reference's up to that permutation, and so are the
-    attention scores (the permutation is the same for q and k)."""
-    from trainer.models.ops import RopeSlice, _RotaryPairs, pair_interleave, rope_reference
+    """The fast path projects with q's and k's rows of the qkv weight permuted so a head's
+    rotation pairs sit side by side: the rotated q and k are the reference's up to that
+    permutation, and so are the attention scores (the permutation is the same for q and k); the
+    gradients reach x and the weight in its own row order."""
+    from trainer.models.ops import RopeSlice, _PairedProjection, pair_interleave, rope_reference
 
     torch.manual_seed(0)
     B, T, H, h = 2, 5, 3, 8
-    x = torch.randn(B, T, H * h, dtype=torch.float64)
-    weight = torch.randn(3 * H * h, H * h, dtype=torch.float64)
+    x = torch.randn(B, T, H * h, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(3 * H * h, H * h, dtype=torch.float64, requires_grad=True)
     angles = torch.rand(T, h // 2, dtype=torch.float64) * 6
     rope = RopeSlice(angles.cos(), angles.sin())
     rows = pair_interleave(H, h)
     assert sorted(rows.tolist()) == list(range(3 * H * h))
+    cis = rope.pairs(H, torch.float64)
     plain = (x @ weight.T).view(B, T, 3, H, h).permute(2, 0, 3, 1, 4)
-    qkv = (x @ weight[rows].T).requires_grad_()
-    rotated = _RotaryPairs.apply(qkv.clone(), rope.pairs(H, torch.float64), H)
-    q, k, v = rotated.view(B, T, 3, H, h).permute(2, 0, 3, 1, 4)
+    q, k, v = _PairedProjection.apply(x, weight, rows, cis)
     ref_q, ref_k = (rope_reference(t, rope.cos, rope.sin) for t in plain[:2])
     within = rows[:h]  # the permutation inside one head
     torch.testing.assert_close(q, ref_q[..., within])
     torch.testing.assert_close(k, ref_k[..., within])
     torch.testing.assert_close(v, plain[2])
     torch.testing.assert_close(q @ k.transpose(-2, -1), ref_q @ ref_k.transpose(-2, -1))
-    cis = rope.pairs(H, torch.float64)
-    assert torch.autograd.gradcheck(lambda t: _RotaryPairs.apply(t.clone(), cis, H), (qkv,))
+    assert torch.autograd.gradcheck(lambda a, w: _PairedProjection.apply(a, w, rows, cis), (x, weight))
 
 
 @pytest.mark.parametrize("cls", [GPT, AttnOnly, Looped])

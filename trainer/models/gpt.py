@@ -179,10 +179,7 @@ class Attention(nn.Module):
                 and not torch.is_autocast_enabled(x.device.type)):
             # q and k come out with their rotation pairs adjacent (a permutation of the weight's
             # rows; the parameter keeps its layout): one complex multiply rotates them.
-            # index_select, not weight[rows]: the latter's backward (index_put with accumulate)
-            # cost ~0.25 ms a layer on the default model, index_select's (index_add) ~0.04 ms.
-            weight = self.qkv.weight.index_select(0, self.pair_rows)
-            q, k, v = rotary_pairs(F.linear(x, weight), rope, self.n_head)
+            q, k, v = rotary_pairs(x, self.qkv.weight, self.pair_rows, rope, self.n_head)
         else:
             qkv = self.qkv(x).view(B, T, 3, self.n_head, self.head_dim)
             q, k, v = rotary_qkv(qkv, rope.cos, rope.sin, plain=plain)

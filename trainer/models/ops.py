@@ -7,9 +7,10 @@ formula (chunk, four multiplies, an add and a subtract, a cat, then the copies o
 took ~5% of a ``gpt_small`` training step, SwiGLU on views of one [gate | value] tensor ~5% more.
 Here:
 
-- ``rotary_pairs`` (float32/float64): the attention block computes its projection with the rows
-  of ``pair_interleave`` so each head's rotation pairs come out side by side; q and k are then
-  rotated in place by one complex multiply, and q, k, v stay views of the projection's output.
+- ``rotary_pairs`` (float32/float64): the qkv projection and RoPE in one autograd node; the
+  projection runs with the weight's rows in ``pair_interleave`` order so each head's rotation
+  pairs come out side by side, q and k are rotated in place by one complex multiply, and q, k, v
+  stay views of the projection's output.
 - ``rotary_qkv`` (other dtypes, e.g. under autocast): reads the projection once and writes q, k
   (rotated) and v as contiguous [B, H, T, h] tensors; its backward is the inverse rotation.
 - ``swiglu`` takes the gate and value as two contiguous tensors (see its docstring) and
@@ -103,31 +104,45 @@ def _as_complex(x: torch.Tensor) -> torch.Tensor:
     return torch.view_as_complex(x.unflatten(-1, (x.shape[-1] // 2, 2)))
 
 
-class _RotaryPairs(torch.autograd.Function):
-    """Rotates q and k in place in the projection's fresh output (nothing else reads it: the
-    matmul's backward needs its inputs, not its output), so the forward allocates nothing and q,
-    k, v stay views of one tensor, as in a plain attention block."""
+class _PairedProjection(torch.autograd.Function):
+    """The qkv projection with the weight's rows in ``pair_interleave`` order, and RoPE on its
+    output: q and k rotated in place by one complex multiply (the output is fresh, and the
+    matmul's backward needs its inputs, not its output), so the forward allocates nothing beyond
+    the projection and q, k, v stay views of one tensor, as in a plain attention block. One
+    autograd node instead of four (row gather, matmul, rotation, their views): on a small model
+    each node's overhead is a visible share of the step."""
 
     @staticmethod
-    def forward(ctx, qkv: torch.Tensor, cis: torch.Tensor, n_head: int):
-        B, T, C3 = qkv.shape  # a fresh, contiguous matmul output: the view below is exact
-        pairs = torch.view_as_complex(qkv.view(B, T, 3, n_head, C3 // (6 * n_head), 2)[:, :, :2])
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, rows: torch.Tensor, cis: torch.Tensor):
+        paired = weight.index_select(0, rows)
+        qkv = F.linear(x, paired)
+        B, T, C3 = qkv.shape
+        heads = cis.shape[-2]
+        pairs = torch.view_as_complex(qkv.view(B, T, 3, heads, C3 // (6 * heads), 2)[:, :, :2])
         torch.mul(pairs, cis, out=pairs)
-        ctx.mark_dirty(qkv)
-        ctx.save_for_backward(cis)
-        return qkv
+        ctx.save_for_backward(x, paired, rows, cis)
+        q, k, v = qkv.view(B, T, 3, heads, -1).unbind(2)
+        return q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
 
     @staticmethod
     @once_differentiable
-    def backward(ctx, grad: torch.Tensor):
-        (cis,) = ctx.saved_tensors
-        B, T, _ = grad.shape
-        grad_qkv = torch.empty_like(grad, memory_format=torch.contiguous_format)
-        dst = grad_qkv.view(B, T, 3, cis.shape[-2], -1)
-        src = grad.view(B, T, 3, cis.shape[-2], -1) if grad.is_contiguous() else grad.reshape(dst.shape)
-        torch.mul(_as_complex(src[:, :, :2]), cis.conj(), out=_as_complex(dst[:, :, :2]))
-        dst[:, :, 2].copy_(src[:, :, 2])
-        return grad_qkv, None, None
+    def backward(ctx, grad_q: torch.Tensor, grad_k: torch.Tensor, grad_v: torch.Tensor):
+        # The three gradients go straight into the projection's gradient: no stack of them first.
+        x, paired, rows, cis = ctx.saved_tensors
+        B, H, T, h = grad_q.shape
+        grad_qkv = grad_q.new_empty(B, T, 3, H, h)
+        inverse = cis.conj()
+        for i, grad in enumerate((grad_q, grad_k)):
+            torch.mul(_as_complex(grad.transpose(1, 2)), inverse[:, i],
+                      out=_as_complex(grad_qkv[:, :, i]))
+        grad_qkv[:, :, 2].copy_(grad_v.transpose(1, 2))
+        flat = grad_qkv.view(B * T, 3 * H * h)
+        grad_x = grad_weight = None
+        if ctx.needs_input_grad[0]:
+            grad_x = (flat @ paired).view_as(x)
+        if ctx.needs_input_grad[1]:
+            grad_weight = torch.empty_like(paired).index_copy_(0, rows, flat.t() @ x.reshape(B * T, -1))
+        return grad_x, grad_weight, None, None
 
 
 def pair_table(cos: torch.Tensor, sin: torch.Tensor, n_head: int) -> torch.Tensor:
@@ -159,17 +174,13 @@ class RopeSlice:
 
 
 def rotary_pairs(
-    qkv: torch.Tensor, rope: RopeSlice, n_head: int
+    x: torch.Tensor, weight: torch.Tensor, rows: torch.Tensor, rope: RopeSlice, n_head: int
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """RoPE for a projection computed with the rows of ``pair_interleave`` (float32/float64):
-    ``qkv`` [B, T, 3C], the projection's own output (rotated in place); returns q, k, v as
-    [B, H, T, h] views for SDPA, q and k in the interleaved feature order. One complex multiply
-    over q and k together (inner loops of H x h/2 numbers) where ``rotary_qkv`` runs eight
-    kernels over half-heads, and no copies."""
-    B, T, _ = qkv.shape
-    qkv = _RotaryPairs.apply(qkv, rope.pairs(n_head, qkv.dtype), n_head)
-    q, k, v = qkv.view(B, T, 3, n_head, -1).unbind(2)
-    return q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+    """The qkv projection of ``x`` by ``weight`` [3C, C] (rows q; k; v) with RoPE, for float32/64:
+    the projection runs with the rows ``rows`` (``pair_interleave``), so q and k come out in
+    that interleaved feature order (attention scores do not change). Returns q, k, v as
+    [B, H, T, h] views for SDPA."""
+    return _PairedProjection.apply(x, weight, rows, rope.pairs(n_head, x.dtype))
 
 
 class _SwiGLU(torch.autograd.Function):
