@@ -121,7 +121,7 @@ def test_paired_rope_is_the_reference_rotation_in_another_feature_order():
     rotation pairs sit side by side: the rotated q and k are the reference's up to that
     permutation, and so are the attention scores (the permutation is the same for q and k); the
     gradients reach x and the weight in its own row order."""
-    from trainer.models.ops import RopeSlice, _PairedProjection, pair_interleave, rope_reference
+    from trainer.models.ops import RopeSlice, pair_interleave, rope_reference, rotary_pairs
 
     torch.manual_seed(0)
     B, T, H, h = 2, 5, 3, 8
@@ -131,16 +131,16 @@ def test_paired_rope_is_the_reference_rotation_in_another_feature_order():
     rope = RopeSlice(angles.cos(), angles.sin())
     rows = pair_interleave(H, h)
     assert sorted(rows.tolist()) == list(range(3 * H * h))
-    cis = rope.pairs(H, torch.float64)
+    inverse = torch.argsort(rows)
     plain = (x @ weight.T).view(B, T, 3, H, h).permute(2, 0, 3, 1, 4)
-    q, k, v = _PairedProjection.apply(x, weight, rows, cis)
+    q, k, v = rotary_pairs(x, weight, rows, inverse, rope, H)
     ref_q, ref_k = (rope_reference(t, rope.cos, rope.sin) for t in plain[:2])
     within = rows[:h]  # the permutation inside one head
     torch.testing.assert_close(q, ref_q[..., within])
     torch.testing.assert_close(k, ref_k[..., within])
     torch.testing.assert_close(v, plain[2])
     torch.testing.assert_close(q @ k.transpose(-2, -1), ref_q @ ref_k.transpose(-2, -1))
-    assert torch.autograd.gradcheck(lambda a, w: _PairedProjection.apply(a, w, rows, cis), (x, weight))
+    assert torch.autograd.gradcheck(lambda a, w: rotary_pairs(a, w, rows, inverse, rope, H), (x, weight))
 
 
 @pytest.mark.parametrize("cls", [GPT, AttnOnly, Looped])

@@ -159,7 +159,9 @@ class Attention(nn.Module):
         self.n_head, self.head_dim, self.dropout = cfg.n_head, cfg.head_dim, cfg.dropout
         self.qkv = nn.Linear(cfg.d_model, 3 * cfg.d_model, bias=False)
         self.proj = nn.Linear(cfg.d_model, cfg.d_model, bias=False)
-        self.register_buffer("pair_rows", pair_interleave(cfg.n_head, cfg.head_dim), persistent=False)
+        rows = pair_interleave(cfg.n_head, cfg.head_dim)
+        self.register_buffer("pair_rows", rows, persistent=False)
+        self.register_buffer("pair_rows_inverse", torch.argsort(rows), persistent=False)
 
     def forward(
         self,
@@ -179,7 +181,8 @@ class Attention(nn.Module):
                 and not torch.is_autocast_enabled(x.device.type)):
             # q and k come out with their rotation pairs adjacent (a permutation of the weight's
             # rows; the parameter keeps its layout): one complex multiply rotates them.
-            q, k, v = rotary_pairs(x, self.qkv.weight, self.pair_rows, rope, self.n_head)
+            q, k, v = rotary_pairs(x, self.qkv.weight, self.pair_rows, self.pair_rows_inverse, rope,
+                                   self.n_head)
         else:
             qkv = self.qkv(x).view(B, T, 3, self.n_head, self.head_dim)
             q, k, v = rotary_qkv(qkv, rope.cos, rope.sin, plain=plain)

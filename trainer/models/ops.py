@@ -99,9 +99,12 @@ def pair_interleave(n_head: int, head_dim: int) -> torch.Tensor:
 
 
 def _as_complex(x: torch.Tensor) -> torch.Tensor:
-    if x.stride(-1) != 1:
+    """A [..., h] real tensor as [..., h/2] complex (pairs of neighbours), copied only when its
+    layout does not allow the view (SDPA's gradients do)."""
+    *lead, h = x.shape
+    if not x.is_contiguous():
         x = x.contiguous()
-    return torch.view_as_complex(x.unflatten(-1, (x.shape[-1] // 2, 2)))
+    return torch.view_as_complex(x.view(*lead, h // 2, 2))
 
 
 class _PairedProjection(torch.autograd.Function):
@@ -109,78 +112,97 @@ class _PairedProjection(torch.autograd.Function):
     output: q and k rotated in place by one complex multiply (the output is fresh, and the
     matmul's backward needs its inputs, not its output), so the forward allocates nothing beyond
     the projection and q, k, v stay views of one tensor, as in a plain attention block. One
-    autograd node instead of four (row gather, matmul, rotation, their views): on a small model
-    each node's overhead is a visible share of the step."""
+    autograd node instead of four (row gather, matmul, rotation, their views).
+
+    Written for a small model, where a Python-level tensor op costs about as much as a small
+    kernel: the constants (``RopeSlice.constants``: the row order, its inverse, the rotation and
+    the inverse rotation in the layout of q's and k's gradients) are made once per forward pass
+    and passed as one plain tuple, and the backward runs no op it could do without."""
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, rows: torch.Tensor, cis: torch.Tensor):
+    def forward(ctx, x, weight, constants):
+        rows, _, cis, _, _ = constants
         paired = weight.index_select(0, rows)
         qkv = F.linear(x, paired)
-        B, T, C3 = qkv.shape
+        B, T, _ = qkv.shape
         heads = cis.shape[-2]
-        pairs = torch.view_as_complex(qkv.view(B, T, 3, heads, C3 // (6 * heads), 2)[:, :, :2])
-        torch.mul(pairs, cis, out=pairs)
-        ctx.save_for_backward(x, paired, rows, cis)
-        q, k, v = qkv.view(B, T, 3, heads, -1).unbind(2)
-        return q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+        torch.view_as_complex(qkv.view(B, T, 3, heads, -1, 2).narrow(2, 0, 2)).mul_(cis)
+        ctx.save_for_backward(x, paired)
+        ctx.constants = constants  # buffers and tables: no autograd state to keep
+        return qkv.view(B, T, 3, heads, -1).permute(2, 0, 3, 1, 4).unbind(0)
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_q: torch.Tensor, grad_k: torch.Tensor, grad_v: torch.Tensor):
         # The three gradients go straight into the projection's gradient: no stack of them first.
-        x, paired, rows, cis = ctx.saved_tensors
+        x, paired = ctx.saved_tensors
+        _, inverse_rows, _, conj_q, conj_k = ctx.constants
         B, H, T, h = grad_q.shape
-        grad_qkv = grad_q.new_empty(B, T, 3, H, h)
-        inverse = cis.conj()
-        for i, grad in enumerate((grad_q, grad_k)):
-            torch.mul(_as_complex(grad.transpose(1, 2)), inverse[:, i],
-                      out=_as_complex(grad_qkv[:, :, i]))
-        grad_qkv[:, :, 2].copy_(grad_v.transpose(1, 2))
+        pairs = conj_q.new_empty((B, T, 3, H, h // 2))  # complex: q's and k's rows are pairs
+        grad_qkv = torch.view_as_real(pairs).view(B, T, 3, H, h)
+        torch.mul(_as_complex(grad_q), conj_q, out=pairs.select(2, 0).transpose(1, 2))
+        torch.mul(_as_complex(grad_k), conj_k, out=pairs.select(2, 1).transpose(1, 2))
+        grad_qkv.select(2, 2).copy_(grad_v.transpose(1, 2))
         flat = grad_qkv.view(B * T, 3 * H * h)
         grad_x = grad_weight = None
         if ctx.needs_input_grad[0]:
-            grad_x = (flat @ paired).view_as(x)
+            grad_x = torch.mm(flat, paired).view(x.shape)
         if ctx.needs_input_grad[1]:
-            grad_weight = torch.empty_like(paired).index_copy_(0, rows, flat.t() @ x.reshape(B * T, -1))
-        return grad_x, grad_weight, None, None
+            grad_weight = torch.mm(flat.t(), x.reshape(B * T, -1)).index_select(0, inverse_rows)
+        return grad_x, grad_weight, None
 
 
 def pair_table(cos: torch.Tensor, sin: torch.Tensor, n_head: int) -> torch.Tensor:
-    """cos + i sin laid out for ``rotary_pairs``: [T, 2, n_head, h/2, 2] real (q and k of every
-    head, a contiguous operand); a model keeps one as a buffer (real, so ``.double()``, device
-    moves and DDP's buffer broadcast treat it like any other)."""
-    cis = torch.stack([cos, sin], dim=-1)  # [T, h/2, 2]
-    return cis[:, None, None].expand(-1, 2, n_head, -1, -1).contiguous()
+    """cos + i sin laid out for ``rotary_pairs``, and its conjugate (the inverse rotation the
+    backward applies): [T, 2, 2, n_head, h/2, 2] real, [:, 0] the rotation and [:, 1] its
+    inverse, each for q and k of every head (contiguous operands). A model keeps one as a
+    buffer (real, so ``.double()``, device moves and DDP's buffer broadcast treat it like any
+    other)."""
+    cis = torch.stack([torch.stack([cos, sin], dim=-1), torch.stack([cos, -sin], dim=-1)], dim=1)
+    return cis[:, :, None, None].expand(-1, -1, 2, n_head, -1, -1).contiguous()
 
 
 class RopeSlice:
     """The rotation tables of the T positions of one forward pass, shared by its layers: ``cos``
-    and ``sin`` [T, h/2], and ``pairs``, the slice of a model's ``pair_table`` (built here on
+    and ``sin`` [T, h/2], and ``table``, the slice of a model's ``pair_table`` (built here on
     first use when the model has none)."""
 
-    __slots__ = ("cos", "sin", "_pairs")
+    __slots__ = ("cos", "sin", "_table", "_complex")
 
-    def __init__(self, cos: torch.Tensor, sin: torch.Tensor, pairs: torch.Tensor | None = None) -> None:
-        self.cos, self.sin, self._pairs = cos, sin, pairs
+    def __init__(self, cos: torch.Tensor, sin: torch.Tensor, table: torch.Tensor | None = None) -> None:
+        self.cos, self.sin, self._table, self._complex = cos, sin, table, None
 
-    def pairs(self, n_head: int, dtype: torch.dtype) -> torch.Tensor:
-        """The complex table [T, 2, n_head, h/2] in the complex dtype of ``dtype``."""
-        table = self._pairs
-        if table is None or table.shape[2] != n_head:
-            table = self._pairs = pair_table(self.cos, self.sin, n_head)
-        if table.dtype != dtype:
-            table = self._pairs = table.to(dtype)
-        return torch.view_as_complex(table)
+    def pairs(self, n_head: int, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """In the complex dtype of ``dtype``: the rotation [T, 2, n_head, h/2] of q and k (pairs
+        adjacent, as the forward applies it), and the inverse rotations of q and of k
+        [n_head, T, h/2] (as the backward applies them to the [B, n_head, T, h/2] gradients).
+        Made once per forward pass, whatever the number of layers."""
+        cached = self._complex
+        if cached is not None and cached[0].shape[2] == n_head and cached[0].dtype == _COMPLEX.get(dtype):
+            return cached
+        real = self._table
+        if real is None or real.shape[3] != n_head:
+            real = self._table = pair_table(self.cos, self.sin, n_head)
+        if real.dtype != dtype:
+            real = self._table = real.to(dtype)
+        table = torch.view_as_complex(real)
+        inverse = table[:, 1].permute(1, 2, 0, 3)  # [2, H, T, h/2]
+        self._complex = (table[:, 0], inverse[0], inverse[1])
+        return self._complex
+
+
+_COMPLEX = {torch.float32: torch.complex64, torch.float64: torch.complex128}
 
 
 def rotary_pairs(
-    x: torch.Tensor, weight: torch.Tensor, rows: torch.Tensor, rope: RopeSlice, n_head: int
+    x: torch.Tensor, weight: torch.Tensor, rows: torch.Tensor, inverse_rows: torch.Tensor,
+    rope: RopeSlice, n_head: int,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The qkv projection of ``x`` by ``weight`` [3C, C] (rows q; k; v) with RoPE, for float32/64:
-    the projection runs with the rows ``rows`` (``pair_interleave``), so q and k come out in
-    that interleaved feature order (attention scores do not change). Returns q, k, v as
-    [B, H, T, h] views for SDPA."""
-    return _PairedProjection.apply(x, weight, rows, rope.pairs(n_head, x.dtype))
+    the projection runs with the rows ``rows`` (``pair_interleave``; ``inverse_rows`` undoes it),
+    so q and k come out in that interleaved feature order (attention scores do not change).
+    Returns q, k, v as [B, H, T, h] views for SDPA."""
+    return _PairedProjection.apply(x, weight, (rows, inverse_rows, *rope.pairs(n_head, x.dtype)))
 
 
 class _SwiGLU(torch.autograd.Function):
