@@ -17,6 +17,10 @@ Shapes: ``default`` is the default run (attn_only on the bursty in-context data,
     python scripts/bench_model.py                               # default and gpt_small
     python scripts/bench_model.py --shapes looped --rounds 9
     python scripts/bench_model.py --device cuda --dtype bf16    # on a GPU
+    python scripts/bench_model.py --malloc system               # glibc's allocator defaults
+
+Both models run in one process under the allocator setting ``elab-train`` applies (``malloc=reuse``
+by default: freed memory is kept for the next step; see ``trainer/allocator.py``).
 
 On the CPU the clock is this thread's CPU time (with one thread that is the step's wall time on
 an idle machine, and a busy machine does not inflate it); ``--clock wall`` to use wall time.
@@ -196,8 +200,15 @@ def main() -> None:
     parser.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32")
     parser.add_argument("--threads", type=int, default=1, help="intra-op threads (CPU)")
     parser.add_argument("--clock", choices=("auto", "cpu", "wall"), default="auto")
+    parser.add_argument("--malloc", choices=("reuse", "system"), default="reuse",
+                        help="the process's allocator setting, as elab-train's malloc= (both models "
+                             "run under it; scripts/bench_malloc.py compares the two)")
     args = parser.parse_args()
     import torch
+
+    from trainer.allocator import configure_malloc
+
+    malloc = configure_malloc(args.malloc)
 
     device = torch.device(args.device)
     torch.set_num_threads(args.threads)
@@ -206,7 +217,7 @@ def main() -> None:
         args.clock == "auto" and device.type == "cpu" and args.threads == 1)
     clock = time.thread_time if use_cpu_clock else time.perf_counter
     print(f"torch {torch.__version__}, device {device}, {args.dtype}, threads {args.threads}, "
-          f"clock {'thread CPU time' if use_cpu_clock else 'wall'}")
+          f"clock {'thread CPU time' if use_cpu_clock else 'wall'}, malloc {malloc}")
     for name in args.shapes:
         bench(name, args, device, dtype, clock)
 

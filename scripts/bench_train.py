@@ -108,16 +108,18 @@ def main() -> None:
 
     import torch
 
+    from trainer.allocator import configure_malloc
     from trainer.data import to_tensors
 
     logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
     cfg, sampler = build(args.overrides)
     torch.set_num_threads(cfg.threads or torch.get_num_threads())
+    malloc = configure_malloc(cfg.malloc)  # as elab-train does (malloc=system to compare)
     batches = [to_tensors(sampler.batch(s, cfg.batch.global_size)) for s in range(args.steps)]
     tokens = (args.steps - 1) * cfg.batch.global_size * sampler.seq_len
     model = make_model(cfg, sampler)
     print(f"model={type(model).__name__} params={model.num_params():,} data={type(sampler).__name__} "
-          f"batch={cfg.batch.global_size}x{sampler.seq_len} steps={args.steps} threads={torch.get_num_threads()}")
+          f"batch={cfg.batch.global_size}x{sampler.seq_len} steps={args.steps} threads={torch.get_num_threads()} malloc={malloc}")
     plain, lit = [], []
     for r in range(args.rounds):
         # Alternate which loop goes first, so warm-up effects favour neither.

@@ -69,6 +69,8 @@ KNOBS: tuple[Knob, ...] = (
     Knob("compile", (bool,), "true or false", None, "torch.compile the model (worth it on GPU)"),
     Knob("threads", (int, NULL), "an integer > 0, or null", lambda v: v is None or v > 0,
          "intra-op threads per process (null: torch's default)"),
+    Knob("malloc", (str,), "'reuse' or 'system'", lambda v: v in ("reuse", "system"),
+         "reuse: the process keeps freed memory (glibc; ~15% faster CPU steps); system: libc defaults"),
     Knob("num_workers", (int,), "an integer >= 0", _nonneg, "DataLoader workers"),
     Knob("log_every_n_steps", (int,), "an integer > 0", _pos, "train/ series logging period"),
     Knob("checkpoint_every_n_steps", (int,), "an integer > 0", _pos,

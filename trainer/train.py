@@ -149,6 +149,7 @@ def _train(cfg: DictConfig, run_dir: Path, callbacks: list) -> dict[str, Any]:
     import torch
     from hydra.utils import instantiate
 
+    from trainer.allocator import configure_malloc
     from trainer.callbacks import RunSummary, Throughput
     from trainer.data import StepDataModule
     from trainer.module import LitLM
@@ -166,6 +167,7 @@ def _train(cfg: DictConfig, run_dir: Path, callbacks: list) -> dict[str, Any]:
         from threadpoolctl import threadpool_limits
 
         threadpool_limits(cfg.threads, user_api="blas")
+    malloc = configure_malloc(cfg.get("malloc", "reuse"))
     L.seed_everything(cfg.seed, workers=True, verbose=False)
 
     curriculum = _build(cfg.curriculum) if cfg.get("curriculum") else None
@@ -236,6 +238,7 @@ def _train(cfg: DictConfig, run_dir: Path, callbacks: list) -> dict[str, Any]:
             "total_steps": total_steps,
             "n_params": model.num_params(),
             "flops_per_token": model.flops_per_token(sampler.seq_len),
+            "malloc": malloc,
             "data": sampler.describe(),
             **_repetition(sampler, cfg.budget.tokens),
             "resumed_from_step": resume_step,
