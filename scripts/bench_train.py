@@ -43,6 +43,12 @@ def make_model(cfg, sampler):
                        item_dim=sampler.item_dim, _convert_="all")
 
 
+def warmup(cfg, steps: int) -> int:
+    from trainer.config import warmup_steps_for
+
+    return warmup_steps_for(cfg.optim.warmup_steps, steps, cfg.budget.tokens)
+
+
 def loader(batches):
     """Both loops read the prepared batches through the same kind of DataLoader."""
     from torch.utils.data import DataLoader
@@ -57,7 +63,7 @@ def plain_loop(cfg, sampler, batches, steps: int) -> float:
 
     model = make_model(cfg, sampler)
     lit = LitLM(model, total_steps=steps, tokens_per_step=1, lr=cfg.optim.lr,
-                weight_decay=cfg.optim.weight_decay, warmup_steps=cfg.optim.warmup_steps,
+                weight_decay=cfg.optim.weight_decay, warmup_steps=warmup(cfg, steps),
                 min_lr_ratio=cfg.optim.min_lr_ratio)
     opt_cfg = lit.configure_optimizers()
     optimizer, schedule = opt_cfg["optimizer"], opt_cfg["lr_scheduler"]["scheduler"]
@@ -86,7 +92,7 @@ def lightning_loop(cfg, sampler, batches, steps: int) -> float:
 
     model = make_model(cfg, sampler)
     lit = LitLM(model, total_steps=steps, tokens_per_step=1, lr=cfg.optim.lr,
-                weight_decay=cfg.optim.weight_decay, warmup_steps=cfg.optim.warmup_steps,
+                weight_decay=cfg.optim.weight_decay, warmup_steps=warmup(cfg, steps),
                 min_lr_ratio=cfg.optim.min_lr_ratio)
     clock = Throughput(tokens_per_step=1, log_every_n_steps=10**9)
     trainer = L.Trainer(accelerator="cpu", devices=1, max_steps=steps, logger=False,

@@ -140,6 +140,22 @@ def steps_from_budget(budget_tokens: int, global_batch: int, seq_len: int) -> in
     return steps
 
 
+DEFAULT_WARMUP_STEPS = 50
+
+
+def warmup_steps_for(warmup_steps: int | None, total_steps: int, budget_tokens: int) -> int:
+    """``optim.warmup_steps`` for a run of ``total_steps``: null means the default, 50 steps or
+    10% of a shorter run (smoke tests, pilots); a number must be shorter than the run."""
+    if warmup_steps is None:
+        return min(DEFAULT_WARMUP_STEPS, total_steps // 10)
+    if warmup_steps >= total_steps:
+        raise ConfigError(
+            f"optim.warmup_steps={warmup_steps} is not shorter than the run "
+            f"({total_steps} steps from budget.tokens={budget_tokens})"
+        )
+    return warmup_steps
+
+
 def resolve_checkpoint(ckpt_path: str | None, run_dir: Path, multirun: bool = False) -> Path | None:
     """``null``: a fresh run (refused if the run dir already holds a checkpoint, which it would
     overwrite); ``last``: this run dir's last checkpoint; else a path that must exist. In a

@@ -25,14 +25,13 @@ from trainer.config import (
     steps_from_budget,
     to_plain,
     validate,
+    warmup_steps_for,
 )
 from trainer.failures import bad_input_message, record_failure
 from trainer.resume import check_weights_fit, finished_summary, resume_check
 from trainer.runlock import RunLock, is_launcher_process
 
 log = logging.getLogger("emergence_lab")
-# optim.warmup_steps=null: this many steps, or 10% of a shorter run.
-DEFAULT_WARMUP_STEPS = 50
 CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 
 
@@ -176,14 +175,7 @@ def _train(cfg: DictConfig, run_dir: Path, callbacks: list) -> dict[str, Any]:
     sampler = _build(cfg.data, curriculum=curriculum)
     tokens_per_step = cfg.batch.global_size * sampler.seq_len
     total_steps = steps_from_budget(cfg.budget.tokens, cfg.batch.global_size, sampler.seq_len)
-    warmup_steps = cfg.optim.warmup_steps
-    if warmup_steps is None:  # the default: short runs (smoke tests, pilots) warm up for 10%
-        warmup_steps = min(DEFAULT_WARMUP_STEPS, total_steps // 10)
-    elif warmup_steps >= total_steps:
-        raise ConfigError(
-            f"optim.warmup_steps={warmup_steps} is not shorter than the run "
-            f"({total_steps} steps from budget.tokens={cfg.budget.tokens})"
-        )
+    warmup_steps = warmup_steps_for(cfg.optim.warmup_steps, total_steps, cfg.budget.tokens)
     identity = run_identity(cfg)
     saved = resume_check(ckpt, cfg.ckpt_path, identity) if ckpt is not None else None
     if saved is not None:
