@@ -6,9 +6,9 @@ Why: a CPU training step allocates and frees its activations and gradients, some
 megabytes each. glibc's malloc returns the freed top of its heap to the kernel whenever more
 than twice its (adaptive) mmap threshold lies free there, which at the end of a step is almost
 always; the next step then takes a page fault on every 4 KiB page it touches again, and zeroes
-it. On this project's default run that costs ~15% of the wall time (measured: 93-98k tokens/s
-with the system defaults, 114-120k with ``reuse``, peak memory +1%; ``scripts/bench_train.py``
-prints both). ``reuse`` fixes the two thresholds (mallopt), which also turns off the adaptation:
+it. On this project's default run ``reuse`` gives ~20% more tokens/s for the same peak memory
+(``scripts/bench_malloc.py``, whole runs side by side: 85-97k tokens/s with glibc's defaults,
+99-124k with ``reuse``; ~1,300 page faults a step -> ~60). ``reuse`` fixes the two thresholds (mallopt), which also turns off the adaptation:
 
 - ``M_MMAP_THRESHOLD`` = 32 MiB (glibc's maximum on 64-bit): smaller blocks come from the heap;
 - ``M_TRIM_THRESHOLD`` = 1 GiB: the heap's free top is kept up to that size.
