@@ -65,3 +65,28 @@ def test_malloc_is_validated_and_reported(tmp_path):
     assert configure_malloc("system") == "system"
     with pytest.raises(ValueError, match="malloc='fast'"):
         configure_malloc("fast")
+
+
+FREED_THEN_RELEASED = """
+import torch
+from trainer.allocator import configure_malloc, release_free_memory
+def rss_mb():
+    return next(int(l.split()[1]) // 1024 for l in open("/proc/self/status") if l.startswith("VmRSS"))
+configure_malloc("reuse")
+start = rss_mb()
+blocks = [torch.ones(256 * 1024) for _ in range(200)]  # 200 MiB, as building a store might
+del blocks
+kept = rss_mb() - start
+release_free_memory()
+print(kept, rss_mb() - start)
+"""
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="malloc=reuse acts on glibc only")
+def test_memory_freed_before_training_goes_back_to_the_system():
+    """reuse keeps what a process frees; what data preparation freed is released before training."""
+    out = subprocess.run([sys.executable, "-c", FREED_THEN_RELEASED], cwd=REPO, capture_output=True,
+                         text=True, timeout=120, check=True).stdout.split()
+    kept, after = int(out[0]), int(out[1])
+    assert kept > 150, kept  # kept by reuse ...
+    assert after < 50, after  # ... until release_free_memory

@@ -148,7 +148,7 @@ def _train(cfg: DictConfig, run_dir: Path, callbacks: list) -> dict[str, Any]:
     import torch
     from hydra.utils import instantiate
 
-    from trainer.allocator import configure_malloc
+    from trainer.allocator import configure_malloc, release_free_memory
     from trainer.callbacks import RunSummary, Throughput
     from trainer.data import StepDataModule
     from trainer.module import LitLM
@@ -188,6 +188,7 @@ def _train(cfg: DictConfig, run_dir: Path, callbacks: list) -> dict[str, Any]:
             )
             return finished
     sampler.prepare()  # caches built (or found) and data-dependent settings checked, before training
+    release_free_memory()  # what building the store freed goes back; training keeps its own
     if str(cfg.get("optimized_metric") or "").startswith("probe/"):
         check_metric_logged(cfg.optimized_metric, [p.name for p in sampler.probe_sets()])
     model = _build(
