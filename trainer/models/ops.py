@@ -99,10 +99,11 @@ def pair_interleave(n_head: int, head_dim: int) -> torch.Tensor:
 
 
 def _as_complex(x: torch.Tensor) -> torch.Tensor:
-    """A [..., h] real tensor as [..., h/2] complex (pairs of neighbours), copied only when its
-    layout does not allow the view (SDPA's gradients do)."""
+    """A [..., h] real tensor as [..., h/2] complex (pairs of neighbours): a view whenever the
+    last dimension is dense, whatever the other strides (SDPA's gradients of multi-head q and k
+    come in the [B, T, H, h] layout of their inputs, seen as [B, H, T, h]); else a copy."""
     *lead, h = x.shape
-    if not x.is_contiguous():
+    if x.stride(-1) != 1:
         x = x.contiguous()
     return torch.view_as_complex(x.view(*lead, h // 2, 2))
 
@@ -115,9 +116,10 @@ class _PairedProjection(torch.autograd.Function):
     autograd node instead of four (row gather, matmul, rotation, their views).
 
     Written for a small model, where a Python-level tensor op costs about as much as a small
-    kernel: the constants (``RopeSlice.constants``: the row order, its inverse, the rotation and
-    the inverse rotation in the layout of q's and k's gradients) are made once per forward pass
-    and passed as one plain tuple, and the backward runs no op it could do without."""
+    kernel: ``constants`` is one plain tuple (the row order and its inverse, then
+    ``RopeSlice.pairs``: the rotation, and the inverse rotations of q and k in the layout of
+    their gradients), the tables made once per forward pass, and the backward runs no op it
+    could do without."""
 
     @staticmethod
     def forward(ctx, x, weight, constants):
