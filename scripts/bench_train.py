@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
+import sys
 import time
 import warnings
 
@@ -44,8 +45,11 @@ def make_model(cfg, sampler):
 
 
 def warmup(cfg, steps: int) -> int:
+    """elab-train's warmup rule, for a run of ``--steps`` steps."""
     from trainer.config import warmup_steps_for
 
+    if cfg.optim.warmup_steps is not None and cfg.optim.warmup_steps >= steps:
+        sys.exit(f"--steps {steps} is not longer than optim.warmup_steps={cfg.optim.warmup_steps}")
     return warmup_steps_for(cfg.optim.warmup_steps, steps, cfg.budget.tokens)
 
 

@@ -53,18 +53,38 @@ def test_reuse_stops_the_per_step_page_faults():
     default, system = _faults_per_step("system")
     assert default == "system"
     # Measured here: 590-980 faults a step with glibc's defaults (2.4-4 MB mapped again each
-    # step), 28-47 with reuse (what is left is Python's own arenas, which bypass malloc).
+    # step), 28-47 with reuse (not Python's arenas: PYTHONMALLOC=malloc leaves as many; not traced).
     assert reuse < 100, reuse
     assert reuse < system / 5, (reuse, system)
 
 
-def test_malloc_is_validated_and_reported(tmp_path):
+def test_malloc_is_validated(tmp_path):
     with pytest.raises(ConfigError, match="malloc"):
         validate(compose_cfg(["malloc=fast"], tmp_path))
     assert compose_cfg([], tmp_path).malloc == "reuse"
-    assert configure_malloc("system") == "system"
     with pytest.raises(ValueError, match="malloc='fast'"):
         configure_malloc("fast")
+
+
+SEQUENCE = """
+import sys
+from trainer.allocator import configure_malloc
+print("|".join(configure_malloc(m) for m in sys.argv[1:]))
+"""
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="malloc=reuse acts on glibc only")
+def test_what_took_effect_is_reported_truthfully():
+    """A sweep's jobs can run one after another in one process: once reuse is set, a later
+    malloc=system cannot undo it, and the run's record says so rather than 'system'."""
+    def sequence(*modes):
+        return subprocess.run([sys.executable, "-c", SEQUENCE, *modes], cwd=REPO, capture_output=True,
+                              text=True, timeout=60, check=True).stdout.strip().split("|")
+
+    assert sequence("system", "reuse") == ["system", "reuse"]
+    first, second, third = sequence("reuse", "system", "reuse")
+    assert (first, third) == ("reuse", "reuse")
+    assert second.startswith("reuse (set earlier in this process")
 
 
 FREED_THEN_RELEASED = """

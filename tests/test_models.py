@@ -304,3 +304,32 @@ def test_rope_backward_copies_no_gradient(monkeypatch):
     monkeypatch.setattr(torch.Tensor, "contiguous", original)
     assert copies == []
     assert model.blocks[0].attn.qkv.weight.grad is not None
+
+
+def test_rope_backward_takes_gradients_of_any_layout():
+    """Gradients of q and k with odd strides (through a cat, here) or transposed reach x and the
+    weight as the plain formula's do."""
+    from trainer.models.ops import RopeSlice, pair_interleave, rotary_pairs
+
+    torch.manual_seed(0)
+    B, T, H, h = 2, 5, 3, 8
+    x = torch.randn(B, T, H * h, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(3 * H * h, H * h, dtype=torch.float64, requires_grad=True)
+    angles = torch.rand(T, h // 2, dtype=torch.float64) * 6
+    rows = pair_interleave(H, h)
+
+    def loss(q, k, v):
+        padded = torch.cat([q, torch.ones(B, H, T, 1, dtype=q.dtype)], dim=-1)  # odd strides
+        return (padded.sin().sum() + k.transpose(-2, -1).cos().sum() + (v * v).sum())
+
+    q, k, v = rotary_pairs(x, weight, rows, torch.argsort(rows), RopeSlice(angles.cos(), angles.sin()), H)
+    grads = torch.autograd.grad(loss(q, k, v), (x, weight))
+    # The same function from the plain formulas: the reference rotation, then the permutation.
+    from trainer.models.ops import rope_reference
+
+    plain = (x @ weight.T).view(B, T, 3, H, h).permute(2, 0, 3, 1, 4)
+    within = rows[:h]
+    ref_q, ref_k = (rope_reference(t, angles.cos(), angles.sin())[..., within] for t in plain[:2])
+    expected = torch.autograd.grad(loss(ref_q, ref_k, plain[2]), (x, weight))
+    for got, want in zip(grads, expected):
+        torch.testing.assert_close(got, want)

@@ -6,12 +6,15 @@ Why: a CPU training step allocates and frees its activations and gradients, some
 megabytes each. glibc's malloc returns the freed top of its heap to the kernel whenever more
 than twice its (adaptive) mmap threshold lies free there, which at the end of a step is almost
 always; the next step then takes a page fault on every 4 KiB page it touches again, and zeroes
-it. On this project's default run ``reuse`` gives ~20% more tokens/s for the same peak memory
-(``scripts/bench_malloc.py``, whole runs side by side: 85-97k tokens/s with glibc's defaults,
-99-124k with ``reuse``; ~1,300 page faults a step -> ~60). ``reuse`` fixes the two thresholds (mallopt), which also turns off the adaptation:
+it. On this project's default model (a ~7 ms step) ``reuse`` gives 15-25% more tokens/s with no
+page fault left in the training loop; on ``gpt_small`` (a ~1.4 s step) ~2%
+(``scripts/bench_malloc.py``, whole runs side by side). ``reuse`` fixes the two thresholds (mallopt), which also turns off the adaptation:
 
 - ``M_MMAP_THRESHOLD`` = 32 MiB (glibc's maximum on 64-bit): smaller blocks come from the heap;
 - ``M_TRIM_THRESHOLD`` = 1 GiB: the heap's free top is kept up to that size.
+
+``pl.strategy=ddp_spawn`` workers (and other spawned, not forked, processes) keep glibc's defaults:
+the setting is applied where ``elab-train`` trains, and recorded there.
 
 The cost is that memory a process has freed stays with it (its peak, which a training loop
 reaches again on every step anyway). What data preparation freed (building a token store from a
@@ -32,13 +35,23 @@ MMAP_THRESHOLD = 32 << 20
 TRIM_THRESHOLD = 1 << 30
 
 
+_applied = False  # reuse was set in this process (mallopt cannot be undone)
+
+
 def configure_malloc(mode: str) -> str:
     """Apply ``mode`` to this process; returns what took effect, for the run's records:
-    ``"reuse"``, ``"system"``, or ``"system (reuse needs glibc: ...)"``."""
+    ``"reuse"``, ``"system"``, or ``"system (...)"`` / ``"reuse (...)"`` saying why not.
+
+    ``reuse`` cannot be taken back: a later ``system`` in the same process (the basic launcher
+    runs a sweep's jobs one after another in one process) says so instead of claiming glibc's
+    defaults."""
+    global _applied
     if mode not in MODES:
         raise ValueError(f"malloc={mode!r} is not one of {list(MODES)}")
     if mode == "system":
-        return "system"
+        return "reuse (set earlier in this process: mallopt cannot be undone)" if _applied else "system"
+    if _applied:
+        return "reuse"
     libc_name, _ = platform.libc_ver()
     if libc_name != "glibc":
         return f"system (reuse needs glibc: this is {platform.system()} {libc_name or 'without glibc'})"
@@ -47,8 +60,11 @@ def configure_malloc(mode: str) -> str:
     except (OSError, AttributeError) as exc:
         return f"system (reuse needs glibc's mallopt: {exc})"
     mallopt.argtypes, mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
-    if mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD) != 1 or mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD) != 1:
-        return "system (glibc refused the mallopt settings)"
+    if mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD) != 1:
+        return "system (glibc refused M_MMAP_THRESHOLD)"
+    _applied = True  # from here on glibc's adaptive thresholds are off, whatever follows
+    if mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD) != 1:
+        return "reuse (half: glibc refused M_TRIM_THRESHOLD, the mmap threshold is set)"
     return "reuse"
 
 

@@ -100,12 +100,14 @@ def pair_interleave(n_head: int, head_dim: int) -> torch.Tensor:
 
 def _as_complex(x: torch.Tensor) -> torch.Tensor:
     """A [..., h] real tensor as [..., h/2] complex (pairs of neighbours): a view whenever the
-    last dimension is dense, whatever the other strides (SDPA's gradients of multi-head q and k
-    come in the [B, T, H, h] layout of their inputs, seen as [B, H, T, h]); else a copy."""
+    layout allows one (last dimension dense, other strides and offset even), whatever the order
+    of the other dimensions (SDPA's gradients of multi-head q and k come in the [B, T, H, h]
+    layout of their inputs, seen as [B, H, T, h]); else a copy."""
     *lead, h = x.shape
-    if x.stride(-1) != 1:
-        x = x.contiguous()
-    return torch.view_as_complex(x.view(*lead, h // 2, 2))
+    try:
+        return torch.view_as_complex(x.view(*lead, h // 2, 2))
+    except RuntimeError:  # e.g. an odd stride: a gradient that came through a cat or a slice
+        return torch.view_as_complex(x.contiguous().view(*lead, h // 2, 2))
 
 
 class _PairedProjection(torch.autograd.Function):
