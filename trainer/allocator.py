@@ -6,22 +6,23 @@ Why: a CPU training step allocates and frees its activations and gradients, some
 megabytes each. glibc's malloc returns the freed top of its heap to the kernel whenever more
 than twice its (adaptive) mmap threshold lies free there, which at the end of a step is almost
 always; the next step then takes a page fault on every 4 KiB page it touches again, and zeroes
-it. On this project's default model (a ~7 ms step) ``reuse`` gives 15-25% more tokens/s with no
-page fault left in the training loop; on ``gpt_small`` (a ~1.4 s step) ~2%
-(``scripts/bench_malloc.py``, whole runs side by side). ``reuse`` fixes the two thresholds (mallopt), which also turns off the adaptation:
+it. On this project's default model (a ~7 ms step) ``reuse`` gives ~20% more tokens/s (12-32%
+in the rounds measured) and ~1,000 page faults a step become ~2, for 2% more resident memory;
+on ``gpt_small`` (longer steps) ~1% (``scripts/bench_malloc.py``, whole runs side by side).
+``reuse`` fixes the two thresholds (mallopt), which also turns off the adaptation:
 
 - ``M_MMAP_THRESHOLD`` = 32 MiB (glibc's maximum on 64-bit): smaller blocks come from the heap;
 - ``M_TRIM_THRESHOLD`` = 1 GiB: the heap's free top is kept up to that size.
 
-``pl.strategy=ddp_spawn`` workers (and other spawned, not forked, processes) keep glibc's defaults:
-the setting is applied where ``elab-train`` trains, and recorded there.
-
 The cost is that memory a process has freed stays with it (its peak, which a training loop
 reaches again on every step anyway). What data preparation freed (building a token store from a
 corpus can free hundreds of megabytes) is handed back once, before training starts
-(``release_free_memory``), so a run holds its training working set, not its ingest peak. Other C libraries (musl, macOS) are left alone: the setting
-then reports itself as not applied. The knob acts on the process that trains, so every worker of
-a sweep applies it for itself; forked DataLoader workers inherit it.
+(``release_free_memory``), so a run holds its training working set, not its ingest peak.
+
+Other C libraries (musl, macOS) are left alone: the setting then reports itself as not applied.
+It acts on the process that trains, so every worker of a sweep applies it for itself and forked
+DataLoader workers inherit it; ``pl.strategy=ddp_spawn`` workers (spawned, not forked) keep
+glibc's defaults.
 """
 
 from __future__ import annotations

@@ -70,7 +70,7 @@ KNOBS: tuple[Knob, ...] = (
     Knob("threads", (int, NULL), "an integer > 0, or null", lambda v: v is None or v > 0,
          "intra-op threads per process (null: torch's default)"),
     Knob("malloc", (str,), "'reuse' or 'system'", lambda v: v in ("reuse", "system"),
-         "reuse: the process keeps freed memory (glibc; ~20% more tokens/s on CPU); system: libc defaults"),
+         "reuse: the process keeps freed memory (glibc; the default model ~20% faster on CPU); system: libc defaults"),
     Knob("num_workers", (int,), "an integer >= 0", _nonneg, "DataLoader workers"),
     Knob("log_every_n_steps", (int,), "an integer > 0", _pos, "train/ series logging period"),
     Knob("checkpoint_every_n_steps", (int,), "an integer > 0", _pos,
