@@ -46,11 +46,12 @@ def make_model(cfg, sampler):
 
 def warmup(cfg, steps: int) -> int:
     """elab-train's warmup rule, for a run of ``--steps`` steps."""
-    from trainer.config import warmup_steps_for
+    from trainer.config import ConfigError, warmup_steps_for
 
-    if cfg.optim.warmup_steps is not None and cfg.optim.warmup_steps >= steps:
-        sys.exit(f"--steps {steps} is not longer than optim.warmup_steps={cfg.optim.warmup_steps}")
-    return warmup_steps_for(cfg.optim.warmup_steps, steps, cfg.budget.tokens)
+    try:
+        return warmup_steps_for(cfg.optim.warmup_steps, steps, f"--steps {steps}")
+    except ConfigError as exc:
+        sys.exit(str(exc))
 
 
 def loader(batches):

@@ -143,15 +143,16 @@ def steps_from_budget(budget_tokens: int, global_batch: int, seq_len: int) -> in
 DEFAULT_WARMUP_STEPS = 50
 
 
-def warmup_steps_for(warmup_steps: int | None, total_steps: int, budget_tokens: int) -> int:
+def warmup_steps_for(warmup_steps: int | None, total_steps: int, length_from: str) -> int:
     """``optim.warmup_steps`` for a run of ``total_steps``: null means the default, 50 steps or
-    10% of a shorter run (smoke tests, pilots); a number must be shorter than the run."""
+    10% of a shorter run (smoke tests, pilots); a number must be shorter than the run.
+    ``length_from`` says where the run length came from, for the error."""
     if warmup_steps is None:
         return min(DEFAULT_WARMUP_STEPS, total_steps // 10)
     if warmup_steps >= total_steps:
         raise ConfigError(
             f"optim.warmup_steps={warmup_steps} is not shorter than the run "
-            f"({total_steps} steps from budget.tokens={budget_tokens})"
+            f"({total_steps} steps from {length_from})"
         )
     return warmup_steps
 

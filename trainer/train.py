@@ -175,7 +175,8 @@ def _train(cfg: DictConfig, run_dir: Path, callbacks: list) -> dict[str, Any]:
     sampler = _build(cfg.data, curriculum=curriculum)
     tokens_per_step = cfg.batch.global_size * sampler.seq_len
     total_steps = steps_from_budget(cfg.budget.tokens, cfg.batch.global_size, sampler.seq_len)
-    warmup_steps = warmup_steps_for(cfg.optim.warmup_steps, total_steps, cfg.budget.tokens)
+    warmup_steps = warmup_steps_for(cfg.optim.warmup_steps, total_steps,
+                                    f"budget.tokens={cfg.budget.tokens}")
     identity = run_identity(cfg)
     saved = resume_check(ckpt, cfg.ckpt_path, identity) if ckpt is not None else None
     if saved is not None:
