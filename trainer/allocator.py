@@ -6,7 +6,7 @@ Why: a CPU training step allocates and frees its activations and gradients, some
 megabytes each. glibc's malloc returns the freed top of its heap to the kernel whenever more
 than twice its (adaptive) mmap threshold lies free there, which at the end of a step is almost
 always; the next step then takes a page fault on every 4 KiB page it touches again, and zeroes
-it. On this project's default model (a ~7 ms step) ``reuse`` gives ~20% more tokens/s (12-32%
+it. On this project's default model (a ~7 ms step) ``reuse`` gives ~20% more tokens/s (14-31%
 in the rounds measured) and ~1,000 page faults a step become ~2, for 2% more resident memory;
 on ``gpt_small`` (longer steps) ~1% (``scripts/bench_malloc.py``, whole runs side by side).
 ``reuse`` fixes the two thresholds (mallopt), which also turns off the adaptation:
