@@ -206,7 +206,6 @@ def retro(run_dir: Path, monitors: Sequence[str] = MONITORS, steps: Sequence[int
             raise ConfigError(f"--steps {missing}: no such checkpoint; the trail has {sorted(available)}")
         chosen = sorted(steps)
     out_dir = run_dir / "retro"
-    out_dir.mkdir(exist_ok=True)
     rows = read_rows(out_dir / "metrics.csv")
     # Resumable: a checkpoint is measured by the monitors whose series its row does not hold yet.
     with_llc = llc_steps(chosen, onsets, window, llc_points)
@@ -215,6 +214,7 @@ def retro(run_dir: Path, monitors: Sequence[str] = MONITORS, steps: Sequence[int
             for s in chosen}
     todo = {s: missing for s, missing in todo.items() if missing}
     setup = load_setup(run_dir, device)
+    out_dir.mkdir(exist_ok=True)  # once the run's config passed its checks
     if any("llc" in missing for missing in todo.values()):
         setup.llc_batches = llc_batches(setup.sampler, setup.llc.n_batches, setup.llc.batch_size, setup.device)
     problems: dict[int, list[str]] = {}

@@ -39,15 +39,12 @@ def load_setup(run_dir: Path, device: str | None = None) -> Setup:
     """Rebuild data and model from ``run_dir/.hydra/config.yaml`` (the way ``trainer.train`` does)."""
     import torch
     from hydra.utils import instantiate
-    from omegaconf import OmegaConf
 
     from trainer.llc_monitor import LLCMonitor
+    from trainer.run_config import load_run_config
     from trainer.train import _build
 
-    config = run_dir / ".hydra" / "config.yaml"
-    if not config.is_file():
-        raise ConfigError(f"run_dir={str(run_dir)!r}: no .hydra/config.yaml (not a run dir of elab-train)")
-    cfg = OmegaConf.load(config)
+    cfg = load_run_config(run_dir)  # every _target_ in it checked: a run dir never runs code
     curriculum = _build(cfg.curriculum) if cfg.get("curriculum") else None
     sampler = _build(cfg.data, curriculum=curriculum)
     sampler.prepare()

@@ -10,12 +10,13 @@ from __future__ import annotations
 import json
 import logging
 import os
+import uuid
 import warnings
 from pathlib import Path
 from typing import Any
 
 import hydra
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from trainer.config import (
     ConfigError,
@@ -28,11 +29,11 @@ from trainer.config import (
     warmup_steps_for,
 )
 from trainer.failures import bad_input_message, record_failure
-from trainer.resume import check_weights_fit, finished_summary, resume_check
+from trainer.resume import check_budget, check_same_run, check_weights_fit, finished_summary, resume_check
+from trainer.run_config import CONF_DIR, write_hydra_files
 from trainer.runlock import RunLock, is_launcher_process
 
 log = logging.getLogger("emergence_lab")
-CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 
 
 def _hydra_context() -> dict[str, Any]:
@@ -180,6 +181,7 @@ def _train(cfg: DictConfig, run_dir: Path, callbacks: list) -> dict[str, Any]:
     identity = run_identity(cfg)
     saved = resume_check(ckpt, cfg.ckpt_path, identity) if ckpt is not None else None
     if saved is not None:
+        check_same_run(run_dir, ckpt, cfg.ckpt_path, saved["run_id"])
         finished = finished_summary(run_dir, saved["global_step"], total_steps)
         if finished is not None:
             log.info(
@@ -188,6 +190,7 @@ def _train(cfg: DictConfig, run_dir: Path, callbacks: list) -> dict[str, Any]:
                 run_dir.resolve(), finished["steps"], finished.get("budget_tokens"),
             )
             return finished
+        check_budget(ckpt, saved["global_step"], total_steps, cfg.budget.tokens)
     sampler.prepare()  # caches built (or found) and data-dependent settings checked, before training
     release_free_memory()  # what building the store freed goes back; training keeps its own
     if str(cfg.get("optimized_metric") or "").startswith("probe/"):
@@ -216,13 +219,6 @@ def _train(cfg: DictConfig, run_dir: Path, callbacks: list) -> dict[str, Any]:
         check_weights_fit(saved, module.state_dict(), cfg.ckpt_path)
         resume_step = saved["global_step"]
 
-    run_dir.mkdir(parents=True, exist_ok=True)
-    hydra_dir = run_dir / ".hydra"
-    if not (hydra_dir / "config.yaml").exists():  # the compose API (tests, notebooks) writes none
-        hydra_dir.mkdir(exist_ok=True)
-        OmegaConf.save(cfg, hydra_dir / "config.yaml")
-    # model.json, the tokenizer or vocabulary, probe rows: the run dir alone rebuilds the model.
-    write_run_files(run_dir, sampler, model)
     summary_cb = RunSummary(
         str(run_dir),
         static={
@@ -239,6 +235,8 @@ def _train(cfg: DictConfig, run_dir: Path, callbacks: list) -> dict[str, Any]:
             "config": to_plain(cfg),
         },
         identity=identity,
+        # A resumed run keeps its id (one written before ids were recorded gets one now).
+        run_id=(saved or {}).get("run_id") or uuid.uuid4().hex,
     )
     all_callbacks = [
         instantiate(node)
@@ -266,6 +264,11 @@ def _train(cfg: DictConfig, run_dir: Path, callbacks: list) -> dict[str, Any]:
         num_sanity_val_steps=0,
     )
     _check_parallel_setup(cfg, pl_trainer, all_callbacks, context)
+    # Every check passed: only now is the run dir written (a refused command leaves a run as it was).
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_hydra_files(cfg, run_dir)
+    # model.json, the tokenizer or vocabulary, probe rows: the run dir alone rebuilds the model.
+    write_run_files(run_dir, sampler, model)
     if pl_trainer.is_global_zero:
         log.info("run dir: %s", run_dir.resolve())
         log.info(
@@ -365,11 +368,12 @@ def _hydra_main(cfg: DictConfig) -> float | None:
     except Exception as exc:
         record_failure(cfg, exc, _hydra_context()["overrides"])
         message = bad_input_message(exc)
-        if message is not None and _hydra_context()["group"] is None:
+        if message is not None:
+            log.error("%s", message)
             # Bad input: the message, not a traceback. In a multirun the exception goes to
             # Hydra, which records the job as failed and runs the others.
-            log.error("%s", message)
-            raise SystemExit(2) from None
+            if _hydra_context()["group"] is None:
+                raise SystemExit(2) from None
         raise
     metric = cfg.get("optimized_metric")
     if metric:
@@ -397,7 +401,9 @@ def main() -> None:
     try:
         _hydra_main()
     except Exception as exc:
-        if _task_started:  # a failure inside training: a bug or a crash, with its traceback
+        # A failure inside training (a bug or a crash) keeps its traceback; a multirun job's bad
+        # input (logged by the job) ends the sweep as bad input does a single run.
+        if _task_started and bad_input_message(exc) is None:
             traceback.print_exc()
             raise SystemExit(1) from None
         # Hydra refused the command line or the config, or could not create the run dir.
