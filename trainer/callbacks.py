@@ -62,16 +62,18 @@ class RunSummary(L.Callback):
     rank 0 at the end of fit or on an exception, inside the training process, so it is right under
     every strategy (spawned DDP workers included)."""
 
-    def __init__(self, run_dir: str, static: dict[str, Any], identity: dict[str, Any] | None = None) -> None:
+    def __init__(self, run_dir: str, static: dict[str, Any], identity: dict[str, Any] | None = None,
+                 run_id: str | None = None) -> None:
         self.run_dir = Path(run_dir)
-        self.static = static
+        self.static = {**static, "run_id": run_id}
         self.identity = identity or {}
+        self.run_id = run_id
         self.t_start = time.time()
 
     def state_dict(self) -> dict[str, Any]:
-        """Saved in every checkpoint: the config its weights belong to, which a resume compares
-        with its own before anything is written (``trainer.train``)."""
-        return {"identity": self.identity}
+        """Saved in every checkpoint: the config its weights belong to and the run's id, which a
+        resume compares with its own before anything is written (``trainer.resume``)."""
+        return {"identity": self.identity, "run_id": self.run_id}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Nothing to restore: the identity was compared before fit began."""

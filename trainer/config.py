@@ -119,8 +119,8 @@ def check_metric_logged(metric: str | None, probe_sets: list[str]) -> None:
 
 
 # The parts of the config a checkpoint's weights and data position depend on: a resume with any
-# of them changed would silently continue another experiment.
-IDENTITY_KEYS = ("model", "data", "curriculum", "batch", "optim")
+# of them changed would silently continue another experiment (the seed picks the data each step).
+IDENTITY_KEYS = ("model", "data", "curriculum", "batch", "optim", "seed")
 
 
 def run_identity(cfg: DictConfig) -> dict[str, Any]:

@@ -48,9 +48,18 @@ def resume_check(ckpt: Path, ckpt_path: str, identity: dict[str, Any]) -> dict[s
         step = int(state["global_step"])
     except Exception as exc:  # a truncated, foreign or unsafe file: say which, before training
         raise ConfigError(f"ckpt_path={ckpt_path!r}: cannot read {ckpt}: {exc}") from exc
-    saved = (state.get("callbacks") or {}).get("RunSummary", {}).get("identity")
+    if not all(key in state for key in _TRAINING_STATE):
+        raise ConfigError(
+            f"ckpt_path={ckpt_path!r}: {ckpt} holds weights only (a checkpoint of the trail, "
+            f"step {step}: no optimizer state, no loop position), so training cannot resume from "
+            "it; nothing written. Resume a run with ckpt_path=last; elab-sample and elab-export "
+            "read trail checkpoints (--checkpoint STEP)"
+        )
+    run_summary = (state.get("callbacks") or {}).get("RunSummary", {})
+    saved = run_summary.get("identity")
     if saved:
-        diffs = identity_diff(_strip(saved), _strip(identity))
+        # Keys a checkpoint of an older version did not record (the seed) are not compared.
+        diffs = identity_diff(_strip(saved), _strip({k: v for k, v in identity.items() if k in saved}))
         if diffs:
             raise ConfigError(
                 f"ckpt_path={ckpt_path!r}: {ckpt} was trained with another config; refusing to "
@@ -58,7 +67,63 @@ def resume_check(ckpt: Path, ckpt_path: str, identity: dict[str, Any]) -> dict[s
             )
     shapes = {k: tuple(v.shape) for k, v in (state.get("state_dict") or {}).items()
               if hasattr(v, "shape")}
-    return {"global_step": step, "shapes": shapes}
+    return {"global_step": step, "shapes": shapes, "run_id": run_summary.get("run_id")}
+
+
+# What Lightning's own checkpoints hold beside the weights, and the trail's do not.
+_TRAINING_STATE = ("pytorch-lightning_version", "optimizer_states", "loops")
+
+
+def check_same_run(run_dir: Path, ckpt: Path, ckpt_path: str, saved_run_id: str | None) -> None:
+    """A run dir that holds a run resumes only from a checkpoint of that run: another run's
+    would splice two runs' metrics, trail and summary into one. Runs are told apart by the id
+    each records in its checkpoints and summary; for runs of an older version, which record
+    none, the checkpoint must be one of the run dir's own."""
+    run_dir = Path(run_dir)
+    last = run_dir / "checkpoints" / "last.ckpt"
+    own_id = _run_id_of(run_dir / "summary.json", last)
+    if own_id is None and not last.exists():
+        return  # no run here yet (at most a start that failed): continuing elsewhere is a copy
+    if saved_run_id and own_id:
+        same = saved_run_id == own_id
+    else:
+        same = Path(ckpt).resolve().parent == (run_dir / "checkpoints").resolve()
+    if not same:
+        raise ConfigError(
+            f"ckpt_path={ckpt_path!r}: {ckpt} is a checkpoint of another run (run id "
+            f"{saved_run_id or 'not recorded'}), and {run_dir} holds a run of its own (run id "
+            f"{own_id or 'not recorded'}); resuming would mix the two, nothing written. Resume "
+            f"this run with ckpt_path=last, or continue the other one in a new hydra.run.dir"
+        )
+
+
+def _run_id_of(summary: Path, last: Path) -> str | None:
+    """The run id a run dir records: in summary.json, else in its last.ckpt."""
+    try:
+        run_id = json.loads(summary.read_text()).get("run_id")
+        if run_id:
+            return run_id
+    except (OSError, ValueError, AttributeError):
+        pass
+    try:
+        import torch
+
+        state = torch.load(last, map_location="cpu", weights_only=True, mmap=True)
+        return (state.get("callbacks") or {}).get("RunSummary", {}).get("run_id")
+    except Exception:  # no last.ckpt or an unreadable one: no id recorded
+        return None
+
+
+def check_budget(ckpt: Path, ckpt_step: int, total_steps: int, budget_tokens: int) -> None:
+    """A checkpoint at or past this budget's last step leaves nothing to train: resuming would
+    report the run completed with no metrics. (A completed run is a no-op before this.)"""
+    if ckpt_step >= total_steps:
+        raise ConfigError(
+            f"budget.tokens={budget_tokens} gives {total_steps} steps, and {ckpt} is at step "
+            f"{ckpt_step}: nothing left to train, nothing written. Raise budget.tokens above "
+            f"{ckpt_step} steps' worth to continue the run, or start a fresh one in a new "
+            f"hydra.run.dir"
+        )
 
 
 def check_weights_fit(saved: dict[str, Any], model_state: dict[str, Any], ckpt_path: str) -> None:
