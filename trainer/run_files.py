@@ -145,11 +145,31 @@ def _probe_arrays(sampler: Any) -> dict[str, np.ndarray]:
     return out
 
 
+def tokenizer_path(run_dir: str | os.PathLike, vocabulary: dict[str, Any]) -> Path:
+    """The tokenizer file ``vocabulary.json`` names, inside the run dir."""
+    name = vocabulary.get("tokenizer_file", TOKENIZER_FILE)
+    if not isinstance(name, str):
+        raise ConfigError(f"{Path(run_dir) / VOCAB_FILE}: tokenizer_file={name!r} is not a file name")
+    return run_file(run_dir, name, f"{Path(run_dir) / VOCAB_FILE}: tokenizer_file")
+
+
 # -- reading --------------------------------------------------------------------------------
 
 
+def run_file(run_dir: str | os.PathLike, name: str, key: str) -> Path:
+    """``run_dir/name``, refused (ConfigError naming ``key``) unless it resolves inside the run
+    dir, symlinks followed: a name read from a run file must not reach any other file."""
+    root = Path(run_dir).resolve()
+    path = (root / name).resolve()
+    if not path.is_relative_to(root):
+        raise ConfigError(f"{key}={name!r} points outside the run dir {root} (to {path}); refusing "
+                          "to read it. A run dir's files stay inside it: restore the run's own "
+                          "files, or do not trust this run dir")
+    return path
+
+
 def read_json(run_dir: str | os.PathLike, name: str) -> dict[str, Any]:
-    path = Path(run_dir) / name
+    path = run_file(run_dir, name, str(Path(run_dir) / name))
     if not path.is_file():
         raise ConfigError(f"{path} is missing: the run dir was written by an older version or is "
                           "not a run dir (model.json and vocabulary.json sit beside checkpoints/)")
@@ -158,7 +178,7 @@ def read_json(run_dir: str | os.PathLike, name: str) -> dict[str, Any]:
 
 def read_probes(run_dir: str | os.PathLike) -> dict[str, dict[str, np.ndarray]]:
     """The stored probe rows by probe name (empty when the run has none)."""
-    path = Path(run_dir) / PROBES_FILE
+    path = run_file(run_dir, PROBES_FILE, str(Path(run_dir) / PROBES_FILE))
     if not path.is_file():
         return {}
     probes: dict[str, dict[str, np.ndarray]] = {}

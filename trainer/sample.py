@@ -20,12 +20,12 @@ from typing import Any
 
 from trainer.config import ConfigError
 from trainer.run_files import (
-    TOKENIZER_FILE,
     VOCAB_FILE,
     find_checkpoint,
     load_model,
     read_json,
     read_probes,
+    tokenizer_path,
 )
 
 
@@ -41,8 +41,7 @@ class Vocabulary:
         if self.kind in ("byte", "bpe"):
             from tokenizers import Tokenizer
 
-            self._tok = Tokenizer.from_file(str(run_dir / spec.get("tokenizer_file",
-                                                                   TOKENIZER_FILE)))
+            self._tok = Tokenizer.from_file(str(tokenizer_path(run_dir, spec)))
 
     @property
     def is_text(self) -> bool:

@@ -71,15 +71,42 @@ def _parser() -> argparse.ArgumentParser:
                        help="last (default), a step of the trail, a file name or a path")
     which.add_argument("--all-checkpoints", action="store_true",
                        help="every checkpoint of the trail, as OUT/step-<n>/")
+    p.add_argument("--force", action="store_true",
+                   help="write into OUT even when it is not empty (never into a run dir)")
     return p
+
+
+# What makes a directory a run dir, and the folders of one an export must not write into.
+_RUN_MARKS = ("summary.json", "checkpoints", ".hydra", "model.json")
+_RUN_FOLDERS = ("checkpoints", ".hydra", "csv", "retro", "wandb", "llc")
+
+
+def check_out(out: Path, force: bool) -> None:
+    """Refuse an export directory that is (or lies in the folders of) a run dir, even with
+    ``--force``, and one that is not empty unless ``--force``: an export overwrites
+    config.json, tokenizer.json and the weights' files by name."""
+    resolved = out.resolve()
+    for parent in (resolved, *resolved.parents):
+        marks = [m for m in _RUN_MARKS if (parent / m).exists()]
+        inside = parent == resolved or resolved.relative_to(parent).parts[0] in _RUN_FOLDERS
+        if marks and inside:
+            raise ConfigError(f"out={str(out)!r} is {'' if parent == resolved else 'inside '}the "
+                              f"run dir {parent} (it holds {', '.join(marks)}): an export never "
+                              "writes into a run dir, even with --force; choose a new directory")
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"out={str(out)!r} is a file: choose a new directory")
+    held = sorted(p.name for p in out.iterdir()) if out.is_dir() else []
+    if held and not force:
+        raise ConfigError(f"out={str(out)!r} is not empty (it holds {', '.join(held[:5])}"
+                          f"{', ...' if len(held) > 5 else ''}): choose a new or empty directory, "
+                          "or pass --force to overwrite files there")
 
 
 def run(args: argparse.Namespace) -> list[dict[str, Any]]:
     common.require(*_target(args.target).NEEDS)
     if not (args.run_dir / "checkpoints").is_dir():
         raise ConfigError(f"run_dir={str(args.run_dir)!r} has no checkpoints/ directory")
-    if args.out.resolve() == args.run_dir.resolve():
-        raise ConfigError(f"out={str(args.out)!r} is the run dir: export into a directory of its own")
+    check_out(args.out, args.force)
     if not args.all_checkpoints:
         path = find_checkpoint(args.run_dir, args.checkpoint)
         model, step = load_model(args.run_dir, path)

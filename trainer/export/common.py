@@ -12,7 +12,7 @@ from typing import Any
 import torch
 
 from trainer.config import ConfigError
-from trainer.run_files import TOKENIZER_FILE, VOCAB_FILE, read_json
+from trainer.run_files import TOKENIZER_FILE, VOCAB_FILE, read_json, tokenizer_path
 
 INSTALL_HINT = "pip install -e '.[interp]'"
 TOLERANCE = 1e-4  # max |logit difference| an export may have against the lab's model (float32)
@@ -86,7 +86,7 @@ def write_tokenizer_files(run_dir: Path, out: Path) -> bool:
     if vocab["kind"] not in ("byte", "bpe"):
         shutil.copyfile(run_dir / VOCAB_FILE, out / VOCAB_FILE)
         return False
-    shutil.copyfile(run_dir / vocab.get("tokenizer_file", TOKENIZER_FILE), out / TOKENIZER_FILE)
+    shutil.copyfile(tokenizer_path(run_dir, vocab), out / TOKENIZER_FILE)
     eos = vocab["eos_text"]
     config = {"tokenizer_class": "PreTrainedTokenizerFast", "eos_token": eos, "bos_token": eos,
               "pad_token": eos, "add_bos_token": False, "model_max_length": None,
