@@ -88,6 +88,7 @@ print(" ".join(str(os.waitstatus_to_exitcode(os.waitpid(c, 0)[1])) for c in chil
 """
 
 
+@pytest.mark.slow
 def test_two_elab_train_into_one_dir_released_together_one_runs_the_other_exits_2(tmp_path, tiny_overrides):
     trials = 2
     args = [*tiny_overrides, "callbacks=minimal"]
