@@ -30,6 +30,7 @@ from trainer.config import (
 from trainer.failures import bad_input_message, record_failure
 from trainer.resume import check_weights_fit, finished_summary, resume_check
 from trainer.runlock import RunLock, is_launcher_process
+from trainer.watchdog import die_with_parent
 
 log = logging.getLogger("emergence_lab")
 CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
@@ -353,6 +354,7 @@ def _finish_wandb(failed: bool) -> None:
 
 
 _task_started = False
+_launcher_pid: int | None = None  # the process `elab-train` started in: set by main()
 
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="train")
@@ -360,6 +362,8 @@ def _hydra_main(cfg: DictConfig) -> float | None:
     global _task_started
     _task_started = True
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if os.getpid() != _launcher_pid:  # a job process a sweep launcher started (joblib, Ray)
+        die_with_parent()
     try:
         summary = train(cfg)
     except Exception as exc:
@@ -389,6 +393,8 @@ def main() -> None:
     import sys
     import traceback
 
+    global _launcher_pid
+    _launcher_pid = os.getpid()
     if os.environ.get("HYDRA_FULL_ERROR") == "1":  # the user asked for Hydra's own reporting
         _hydra_main()
         return
