@@ -409,6 +409,12 @@ def main() -> None:
         # Hydra refused the command line or the config, or could not create the run dir.
         text = str(exc).split("Config search path")[0]  # Hydra's search path: noise here
         message = bad_input_message(exc) or " ".join(text.split()) or repr(exc)
+        cause = exc.__cause__
+        if text.startswith("Unable to configure handler") and isinstance(cause, OSError):
+            # Hydra opens the job's log file in the run dir before any of our code runs.
+            message = (f"run dir {Path(cause.filename or '.').parent} cannot be written "
+                       f"({cause.strerror}: {cause.filename}): choose a writable hydra.run.dir "
+                       f"(hydra.sweep.dir for -m), or set ELAB_LOG_DIR")
         print(f"error: {message}", file=sys.stderr)
         raise SystemExit(2) from None
 
