@@ -14,9 +14,10 @@ changed source or tokenizer builds a new store and an unchanged one is reused::
         manifest.json      config, counts, domain names, and size + sha256 of every file above
 
 A store is built in a temporary sibling directory and renamed into place only when complete, so
-an interrupted build leaves no store behind. Opening checks every file's size and modification
-time against the manifest and re-hashes only a file whose time changed (or every file, with
-``verify=True``): reopening an unchanged store reads no data, which on a 60 MB store of a real
+an interrupted build leaves no store behind (a build killed outright leaves its temporary dir,
+removed by the next build once its builder's pid is gone). Opening checks every file's size and
+modification time against the manifest and re-hashes only a file whose time changed (or every
+file, with ``verify=True``): reopening an unchanged store reads no data, which on a 60 MB store of a real
 corpus was most of a sweep job's start-up. A file that fails its size or checksum marks the store
 corrupt: it is deleted and rebuilt. A file whose time changed but whose checksum still holds (a
 copy, a restore) gets its new time recorded, so the next open is cheap again.
@@ -33,7 +34,9 @@ import hashlib
 import json
 import logging
 import os
+import re
 import shutil
+import socket
 import time
 import uuid
 from collections.abc import Iterator
@@ -286,6 +289,38 @@ def _write(path: Path, source: TextSource, tokenizer: Any, key: str,
     (path / "manifest.json").write_text(json.dumps(manifest, indent=1, default=str))
 
 
+_HOST = socket.gethostname()
+_BUILD_DIR = re.compile(r"\.(\d+)@(.+)\.tmp$")  # the end of a build dir's name: .<pid>@<host>.tmp
+
+
+def _remove_dead_builds(stores: Path) -> None:
+    """Remove the build dirs of builders that died (killed while tokenizing): those this host's
+    processes started whose pid is gone. A live builder's, or another host's, are left; so is a
+    dir named by an older version (no pid) until it is a day old."""
+    for tmp in stores.glob(".*.tmp") if stores.is_dir() else []:
+        match = _BUILD_DIR.search(tmp.name)
+        if match is None:
+            try:
+                dead = time.time() - tmp.stat().st_mtime > 86400
+            except OSError:  # removed meanwhile
+                continue
+        else:
+            dead = match[2] == _HOST and not _pid_alive(int(match[1]))
+        if dead:
+            log.info("token store: removing %s, left by a build that was killed", tmp)
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
+
+
 def open_or_build(source: TextSource, tokenizer: Any, cache_dir: str | os.PathLike,
                   verify: bool = False, progress: bool | None = None) -> TokenStore:
     """The store of ``source`` tokenized by ``tokenizer``: reused when intact, else (re)built.
@@ -301,7 +336,9 @@ def open_or_build(source: TextSource, tokenizer: Any, cache_dir: str | os.PathLi
             return TokenStore(path)
         log.warning("token store %s is unusable (%s): rebuilding it", path, problem)
         shutil.rmtree(path, ignore_errors=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    _remove_dead_builds(path.parent)
+    # The builder's pid and host in the name: a build killed midway is recognised and removed.
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.{os.getpid()}@{_HOST}.tmp")
     try:
         _write(tmp, source, tokenizer, key, progress)
         try:

@@ -2,6 +2,9 @@
 
 import json
 import os
+import socket
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -11,6 +14,7 @@ from data_mixers.base import DataConfigError
 from data_mixers.sources.world import WorldSource
 from data_mixers.token_store import open_or_build
 from data_mixers.tokenizer import ByteTokenizer, build_tokenizer, token_index_at
+from tests.conftest import REPO
 
 SMALL = dict(n_domains=2, entities_per_domain=8, seed=0)
 
@@ -94,6 +98,43 @@ def test_interrupted_build_leaves_nothing_behind(tmp_path):
     assert list((tmp_path / "token_store").iterdir()) == []
     store = open_or_build(WorldSource(**SMALL), ByteTokenizer(), tmp_path)
     assert json.loads((store.path / "manifest.json").read_text())["n_documents"] > 0
+
+
+# A build that hangs once its temporary dir exists: the test kills it there, as a user would.
+HANGING_BUILD = r"""
+import sys, time
+from data_mixers.sources.world import WorldSource
+from data_mixers.token_store import open_or_build
+from data_mixers.tokenizer import ByteTokenizer
+class Hangs:
+    def __init__(self, source):
+        self.source, self.kind = source, source.kind
+    def __getattr__(self, name):
+        return getattr(self.source, name)
+    def documents(self):
+        print("building", flush=True)
+        time.sleep(600)
+        yield from ()
+open_or_build(Hangs(WorldSource(n_domains=2, entities_per_domain=8, seed=0)), ByteTokenizer(),
+              sys.argv[1])
+"""
+
+
+def test_a_killed_builds_temporary_dir_is_removed_by_the_next_build(tmp_path):
+    builder = subprocess.Popen([sys.executable, "-c", HANGING_BUILD, str(tmp_path)],
+                               env={**os.environ, "PYTHONPATH": str(REPO)},
+                               stdout=subprocess.PIPE, text=True)
+    assert builder.stdout.readline().strip() == "building"
+    builder.kill()
+    builder.wait()
+    stores = tmp_path / "token_store"
+    (left,) = stores.glob(".world-*.tmp")
+    live = stores / f".world-x.0.{os.getpid()}@{socket.gethostname()}.tmp"  # a build under way
+    live.mkdir()
+    store = open_or_build(WorldSource(**SMALL), ByteTokenizer(), tmp_path)
+    assert not left.exists(), "the killed build's dir is removed"
+    assert live.is_dir(), "a live builder's dir is left alone"
+    assert sorted(p.name for p in stores.iterdir()) == sorted([store.path.name, live.name])
 
 
 def test_bpe_is_trained_once_cached_and_locates_the_answer_token(tmp_path):

@@ -1,4 +1,4 @@
-"""Bad input is stopped before anything is built, naming the key; run dirs are locked; checkpoints
+"""Bad input is stopped before anything is built, naming the key; checkpoints
 are checked against the config; metrics files survive a torn write. Fast: no training here (the
 end-to-end faults are in test_faults.py)."""
 
@@ -6,9 +6,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 
@@ -18,7 +15,6 @@ from tests.conftest import compose_cfg
 from trainer.config import ConfigError, validate
 from trainer.loggers import _KeepEarlierRowsWriter, read_metrics_csv
 from trainer.resume import identity_diff
-from trainer.runlock import RunDirBusy, RunLock
 from trainer.schema import KNOBS, reference_markdown
 
 # (overrides, a word the message must contain): every case of the Trust issue that validation
@@ -66,23 +62,6 @@ def test_all_problems_are_reported_at_once(tmp_path):
     with pytest.raises(ConfigError) as info:
         validate(compose_cfg(["optim.lr=inf", "optim.betas=abc", "callbacks.topology.k=0"], tmp_path))
     assert all(k in str(info.value) for k in ("optim.lr", "optim.betas", "callbacks.topology.k"))
-
-
-def test_a_busy_run_dir_is_refused_and_a_stale_lock_taken_over(tmp_path, caplog):
-    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
-    try:
-        (tmp_path / ".lock").write_text(f"{sleeper.pid}\n")
-        with pytest.raises(RunDirBusy, match=f"pid {sleeper.pid}") as info:
-            RunLock(tmp_path).acquire()
-        assert str(tmp_path) in str(info.value)
-    finally:
-        sleeper.kill()
-        sleeper.wait()
-    # Now the holder is dead: its lock is stale and is taken over, with a warning.
-    with caplog.at_level("WARNING", logger="emergence_lab"), RunLock(tmp_path):
-        assert (tmp_path / ".lock").read_text().strip() == str(os.getpid())
-        assert "stale lock" in caplog.text
-    assert not (tmp_path / ".lock").exists(), "released on exit"
 
 
 def test_identity_diff_names_nested_keys():

@@ -32,6 +32,7 @@ from trainer.failures import bad_input_message, record_failure
 from trainer.resume import check_budget, check_same_run, check_weights_fit, finished_summary, resume_check
 from trainer.run_config import CONF_DIR, write_hydra_files
 from trainer.runlock import RunLock, is_launcher_process
+from trainer.watchdog import die_with_parent
 
 log = logging.getLogger("emergence_lab")
 
@@ -356,6 +357,7 @@ def _finish_wandb(failed: bool) -> None:
 
 
 _task_started = False
+_launcher_pid: int | None = None  # the process `elab-train` started in: set by main()
 
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="train")
@@ -363,6 +365,8 @@ def _hydra_main(cfg: DictConfig) -> float | None:
     global _task_started
     _task_started = True
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if os.getpid() != _launcher_pid:  # a job process a sweep launcher started (joblib, Ray)
+        die_with_parent()
     try:
         summary = train(cfg)
     except Exception as exc:
@@ -393,6 +397,8 @@ def main() -> None:
     import sys
     import traceback
 
+    global _launcher_pid
+    _launcher_pid = os.getpid()
     if os.environ.get("HYDRA_FULL_ERROR") == "1":  # the user asked for Hydra's own reporting
         _hydra_main()
         return
@@ -409,6 +415,12 @@ def main() -> None:
         # Hydra refused the command line or the config, or could not create the run dir.
         text = str(exc).split("Config search path")[0]  # Hydra's search path: noise here
         message = bad_input_message(exc) or " ".join(text.split()) or repr(exc)
+        cause = exc.__cause__
+        if text.startswith("Unable to configure handler") and isinstance(cause, OSError):
+            # Hydra opens the job's log file in the run dir before any of our code runs.
+            message = (f"run dir {Path(cause.filename or '.').parent} cannot be written "
+                       f"({cause.strerror}: {cause.filename}): choose a writable hydra.run.dir "
+                       f"(hydra.sweep.dir for -m), or set ELAB_LOG_DIR")
         print(f"error: {message}", file=sys.stderr)
         raise SystemExit(2) from None
 
