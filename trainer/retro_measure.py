@@ -39,7 +39,7 @@ def load_setup(run_dir: Path, device: str | None = None) -> Setup:
     """Rebuild data and model from ``run_dir/.hydra/config.yaml`` (the way ``trainer.train`` does)."""
     import torch
     from hydra.utils import instantiate
-    from omegaconf import OmegaConf
+    from omegaconf import DictConfig, OmegaConf
 
     from trainer.llc_monitor import LLCMonitor
     from trainer.train import _build
@@ -47,7 +47,15 @@ def load_setup(run_dir: Path, device: str | None = None) -> Setup:
     config = run_dir / ".hydra" / "config.yaml"
     if not config.is_file():
         raise ConfigError(f"run_dir={str(run_dir)!r}: no .hydra/config.yaml (not a run dir of elab-train)")
-    cfg = OmegaConf.load(config)
+    try:
+        cfg = OmegaConf.load(config)
+    except Exception as exc:  # not YAML (torn, edited): name the file, not a parser traceback
+        raise ConfigError(f"{config} cannot be read as the run's config: {type(exc).__name__}: "
+                          f"{' '.join(str(exc).split())}") from None
+    if not (isinstance(cfg, DictConfig)
+            and all(isinstance(cfg.get(key), DictConfig) for key in ("data", "model"))):
+        raise ConfigError(f"{config} is not a run config of elab-train (no data and model "
+                          "groups): an edited or foreign file")
     curriculum = _build(cfg.curriculum) if cfg.get("curriculum") else None
     sampler = _build(cfg.data, curriculum=curriculum)
     sampler.prepare()
@@ -69,9 +77,9 @@ def load_setup(run_dir: Path, device: str | None = None) -> Setup:
 
 
 def load_weights(setup: Setup, path: Path) -> None:
-    import torch
+    from trainer.run_files import load_checkpoint
 
-    checkpoint = torch.load(path, map_location=setup.device, weights_only=True)
+    checkpoint = load_checkpoint(path, setup.device)
     state = {k.removeprefix("model."): v for k, v in checkpoint["state_dict"].items()}
     try:
         setup.model.load_state_dict(state)

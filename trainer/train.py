@@ -20,6 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 from trainer.config import (
     ConfigError,
     check_metric_logged,
+    check_probes_fit,
     resolve_checkpoint,
     run_identity,
     steps_from_budget,
@@ -192,6 +193,7 @@ def _train(cfg: DictConfig, run_dir: Path, callbacks: list) -> dict[str, Any]:
     release_free_memory()  # what building the store freed goes back; training keeps its own
     if str(cfg.get("optimized_metric") or "").startswith("probe/"):
         check_metric_logged(cfg.optimized_metric, [p.name for p in sampler.probe_sets()])
+    check_probes_fit(cfg, sampler)
     model = _build(
         cfg.model,
         vocab_size=sampler.vocab_size,
@@ -241,7 +243,7 @@ def _train(cfg: DictConfig, run_dir: Path, callbacks: list) -> dict[str, Any]:
         identity=identity,
     )
     all_callbacks = [
-        instantiate(node)
+        _build(node)  # a callback's own refusal (callbacks.trail.budget_mb=0) names its key
         for node in (cfg.get("callbacks") or {}).values()
         if node is not None and "_target_" in node
     ]
