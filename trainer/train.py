@@ -29,6 +29,7 @@ from trainer.config import (
     warmup_steps_for,
 )
 from trainer.failures import bad_input_message, record_failure
+from trainer.memory import allocation_refused, check_fits_memory
 from trainer.resume import check_weights_fit, finished_summary, resume_check
 from trainer.runlock import RunLock, is_launcher_process
 
@@ -178,6 +179,9 @@ def _train(cfg: DictConfig, run_dir: Path, callbacks: list) -> dict[str, Any]:
     total_steps = steps_from_budget(cfg.budget.tokens, cfg.batch.global_size, sampler.seq_len)
     warmup_steps = warmup_steps_for(cfg.optim.warmup_steps, total_steps,
                                     f"budget.tokens={cfg.budget.tokens}")
+    model_kwargs = {"vocab_size": sampler.vocab_size, "max_seq_len": sampler.seq_len,
+                    "item_dim": sampler.item_dim}
+    check_fits_memory(cfg, lambda: _build(cfg.model, **model_kwargs), sampler.seq_len)
     identity = run_identity(cfg)
     saved = resume_check(ckpt, cfg.ckpt_path, identity) if ckpt is not None else None
     if saved is not None:
@@ -194,12 +198,8 @@ def _train(cfg: DictConfig, run_dir: Path, callbacks: list) -> dict[str, Any]:
     if str(cfg.get("optimized_metric") or "").startswith("probe/"):
         check_metric_logged(cfg.optimized_metric, [p.name for p in sampler.probe_sets()])
     check_probes_fit(cfg, sampler)
-    model = _build(
-        cfg.model,
-        vocab_size=sampler.vocab_size,
-        max_seq_len=sampler.seq_len,
-        item_dim=sampler.item_dim,
-    )
+    with allocation_refused(cfg, "the model"):
+        model = _build(cfg.model, **model_kwargs)
     optim = cfg.optim
     module = LitLM(
         model,
