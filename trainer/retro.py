@@ -199,9 +199,10 @@ def lead_lag_report(retro_events: list[dict], online_events: list[dict], window:
 
 def retro(run_dir: Path, monitors: Sequence[str] = MONITORS, steps: Sequence[int] | None = None,
           window: int = 200, sparse: int = 16, llc_points: int = 12, progress: bool = True,
-          device: str | None = None) -> dict[str, Any]:
-    """Measure the chosen checkpoints (skipping those already in ``retro/metrics.csv``), then
-    write ``metrics.csv`` and ``lead_lag.json``; returns the lead-lag report's content."""
+          device: str | None = None, every: bool = False) -> dict[str, Any]:
+    """Measure the chosen checkpoints (``every``: all of them; skipping those already in
+    ``retro/metrics.csv``), then write ``metrics.csv`` and ``lead_lag.json``; returns the
+    lead-lag report's content."""
     unknown = sorted(set(monitors) - set(MONITORS))
     if unknown:
         raise ConfigError(f"--monitors {','.join(unknown)}: not one of {', '.join(MONITORS)}")
@@ -210,7 +211,9 @@ def retro(run_dir: Path, monitors: Sequence[str] = MONITORS, steps: Sequence[int
         raise ConfigError(f"run_dir={str(run_dir)!r}: no checkpoints (checkpoints/step-<n>.ckpt or last.ckpt)")
     online = read_events(run_dir)
     onsets = [int(e["onset_step"]) for e in online]
-    if steps is None:
+    if every:
+        chosen = sorted(available)
+    elif steps is None:
         chosen = choose_steps(list(available), onsets, window, sparse)
     else:
         missing = sorted(set(steps) - set(available))
@@ -382,14 +385,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(f"{r['lr']:9.2g} {r['n_beta']:9.3g} {r['llc_mean']:9.3g} {r['llc_std']:8.3g} "
                       f"{r['rhat']:6.2f}  {'yes' if r['stable'] else 'no ':6}  {'; '.join(r['problems'])}")
             return 0
-        steps = None
-        if args.all:
-            steps = list(checkpoints(args.run_dir))
-        elif args.steps:
-            steps = [int(s) for s in args.steps.split(",") if s]
+        steps = [int(s) for s in args.steps.split(",") if s] if args.steps else None
         monitors = [m for m in args.monitors.split(",") if m]
         report = retro(args.run_dir, monitors, steps, args.window, args.sparse, args.llc_points,
-                       progress=not args.no_progress, device=args.device)
+                       progress=not args.no_progress, device=args.device, every=args.all)
     except Exception as exc:  # bad input names its option, file or path: a message, exit 2
         return report_bad_input("elab-retro", exc)
     _print_report(args.run_dir, report)

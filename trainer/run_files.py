@@ -200,11 +200,12 @@ def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict[
             raise ConfigError(f"checkpoint {path} {what}: a run killed while writing it? Delete "
                               "it and use another checkpoint of checkpoints/ (resume: "
                               "ckpt_path=<that file>)") from None
-        raise ConfigError(f"checkpoint {path} is not a weights-only checkpoint of this lab "
-                          f"(nothing in it was run): {type(exc).__name__}: "
-                          f"{str(exc).splitlines()[0] if str(exc) else ''}") from None
+        first_line = (str(exc).strip().splitlines() or [""])[0]
+        raise ConfigError(f"cannot load checkpoint {path}: not a weights-only checkpoint of this "
+                          f"lab (nothing in it was run): {type(exc).__name__}: {first_line}") from None
     if not isinstance(ckpt, dict) or not isinstance(ckpt.get("state_dict"), dict):
-        raise ConfigError(f"checkpoint {path} holds no state_dict: not a checkpoint of this lab")
+        raise ConfigError(f"cannot load checkpoint {path}: it holds no state_dict (not a "
+                          "checkpoint of this lab)")
     return ckpt
 
 

@@ -137,18 +137,23 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-# --max-new-tokens at most this many windows: past its window the model sees only its last
-# max_seq_len tokens, so a longer sample costs time (hours at 10^7) and shows nothing new.
-MAX_WINDOWS = 16
+# --max-new-tokens at most this many windows (or MIN_LIMIT tokens, for tiny windows): past its
+# window the model sees only its last max_seq_len tokens, so a longer sample costs time (hours at
+# 10^7) and shows nothing new.
+MAX_WINDOWS, MIN_LIMIT = 16, 4096
+
+
+def max_new_tokens_limit(max_seq_len: int) -> int:
+    return max(MAX_WINDOWS * max_seq_len, MIN_LIMIT)
 
 
 def check_max_new_tokens(max_new_tokens: int, max_seq_len: int) -> None:
-    limit = MAX_WINDOWS * max_seq_len
+    limit = max_new_tokens_limit(max_seq_len)
     if max_new_tokens > limit:
         raise ConfigError(f"--max-new-tokens={max_new_tokens} is above this model's limit of "
-                          f"{limit} ({MAX_WINDOWS} x its max_seq_len={max_seq_len}: beyond its "
-                          f"window the model sees only its last {max_seq_len} tokens); ask for "
-                          f"at most {limit}")
+                          f"{limit} (beyond its window the model sees only its last "
+                          f"{max_seq_len} tokens: a longer sample takes time and shows nothing "
+                          f"new); ask for at most {limit}")
 
 
 def _check_args(args: argparse.Namespace) -> None:
