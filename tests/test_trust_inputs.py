@@ -259,3 +259,28 @@ def test_a_run_too_large_for_memory_is_refused_naming_the_sizes(tmp_path, monkey
         train(compose_cfg([*TINY, f"paths.cache_dir={tmp_path / 'cache'}", *overrides],
                           tmp_path / "run"))
     assert not (tmp_path / "run" / "model.json").exists()  # refused before anything was written
+
+
+@pytest.mark.slow
+def test_a_sweep_into_a_busy_sweep_dir_says_so_in_one_line(tmp_path):
+    """Job 0's dir is held by a live process (another sweep's job): that job is refused, the
+    other runs, and the sweep ends with exit 2 and one line, not a traceback."""
+    import subprocess
+    import sys
+
+    from tests.test_faults import _cli
+
+    sweep = tmp_path / "sweep"
+    (sweep / "0").mkdir(parents=True)
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)"])
+    try:
+        (sweep / "0" / ".lock").write_text(f"{other.pid}\n")
+        proc = _cli(["-m", *TINY, "callbacks=minimal", f"paths.cache_dir={tmp_path / 'cache'}",
+                     f"hydra.sweep.dir={sweep}", "data.p=13,17"], tmp_path)
+        out, _ = proc.communicate(timeout=600)
+    finally:
+        other.kill()
+        other.wait()
+    assert proc.returncode == 2 and "Traceback" not in out
+    assert "error: a job of the sweep refused its input" in out and str(sweep / "0") in out
+    assert json.loads((sweep / "1" / "summary.json").read_text())["status"] == "completed"

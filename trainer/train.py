@@ -399,12 +399,19 @@ def main() -> None:
     try:
         _hydra_main()
     except Exception as exc:
+        message = bad_input_message(exc)
+        if _task_started and message is not None:
+            # Only a multirun gets here (a single job exits 2 itself): Hydra ran the other jobs
+            # and re-raises the first refusal, e.g. a job dir another sweep is training in.
+            print(f"error: a job of the sweep refused its input (the other jobs ran): {message}",
+                  file=sys.stderr)
+            raise SystemExit(2) from None
         if _task_started:  # a failure inside training: a bug or a crash, with its traceback
             traceback.print_exc()
             raise SystemExit(1) from None
         # Hydra refused the command line or the config, or could not create the run dir.
         text = str(exc).split("Config search path")[0]  # Hydra's search path: noise here
-        message = bad_input_message(exc) or " ".join(text.split()) or repr(exc)
+        message = message or " ".join(text.split()) or repr(exc)
         print(f"error: {message}", file=sys.stderr)
         raise SystemExit(2) from None
 
