@@ -205,10 +205,9 @@ class TextMixer(StepSampler):
         small = [f"{self.domain_names[d]} ({len(docs)} documents)"
                  for d, docs in enumerate(self._domain_docs) if h and len(docs) <= h]
         if small:
-            raise DataConfigError(
-                f"data.heldout_docs_per_domain={h} leaves no document to train on in "
-                f"{', '.join(small[:4])}: hold out at most {min(map(len, self._domain_docs)) - 1}"
-                " per domain, or 0 for none (no probe/heldout/* series)")
+            raise DataConfigError(f"data.heldout_docs_per_domain={h} leaves no document to train "
+                                  f"on in {', '.join(small[:4])}: hold out at most "
+                                  f"{min(map(len, self._domain_docs)) - 1}, or 0 for none")
         self._heldout_docs = [docs[-h:] if h else docs[:0] for docs in self._domain_docs]
         self._domain_docs = [docs[:len(docs) - len(held)]
                              for docs, held in zip(self._domain_docs, self._heldout_docs)]
