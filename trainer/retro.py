@@ -60,13 +60,10 @@ def checkpoints(run_dir: Path) -> dict[int, Path]:
     found = trail_steps(run_dir / "checkpoints")
     last = run_dir / "checkpoints" / "last.ckpt"
     if last.is_file():
-        try:
-            step = int(load_checkpoint(last)["global_step"])
-        except (KeyError, TypeError, ValueError) as exc:
-            if isinstance(exc, ConfigError):
-                raise
+        step = load_checkpoint(last).get("global_step")
+        if not isinstance(step, int):
             raise ConfigError(f"checkpoint {last} records no global_step: not a checkpoint of "
-                              "this lab") from None
+                              "this lab")
         found.setdefault(step, last)
     return dict(sorted(found.items()))
 
