@@ -199,10 +199,16 @@ class TextMixer(StepSampler):
         bounds = np.concatenate([[0], np.cumsum(counts)])
         self._domain_docs = [order[bounds[d]:bounds[d + 1]] for d in range(n_dom)]
         # The last documents of each domain (stores are shuffled) are never trained on: they are
-        # the held-out loss probes. A domain too small to spare them keeps all for training.
+        # the held-out loss probes; a domain too small to spare them is refused (it would lose
+        # its probe/heldout/<domain> series without a word).
         h = self.heldout_docs_per_domain
-        self._heldout_docs = [docs[-h:] if h and len(docs) > h else docs[:0]
-                              for docs in self._domain_docs]
+        small = [f"{self.domain_names[d]} ({len(docs)} documents)"
+                 for d, docs in enumerate(self._domain_docs) if h and len(docs) <= h]
+        if small:
+            raise DataConfigError(f"data.heldout_docs_per_domain={h} leaves no document to train "
+                                  f"on in {', '.join(small[:4])}: hold out at most "
+                                  f"{min(map(len, self._domain_docs)) - 1}, or 0 for none")
+        self._heldout_docs = [docs[-h:] if h else docs[:0] for docs in self._domain_docs]
         self._domain_docs = [docs[:len(docs) - len(held)]
                              for docs, held in zip(self._domain_docs, self._heldout_docs)]
         self._domain_tokens = np.array([self.doc_len[d].sum() for d in self._domain_docs],

@@ -54,6 +54,10 @@ def answer_probe(mixer: TextMixer, name: str, questions: list, domain_names: lis
              "domain": np.repeat(domain[:, None], width - 1, axis=1),
              "doc_id": np.full((n, width - 1), -1, dtype=np.int64),
              "doc_pos": np.full((n, width - 1), -1, dtype=np.int64)}
+    # The tokens a window must hold for every question that needs its whole prompt (see
+    # ProbeQuestion.whole): more than seq_len, and those questions lose their subject.
     meta = {"questions": [q.text[:q.answer_start] for q in questions],
-            "answers": [q.text[q.answer_start:] for q in questions]}
+            "answers": [q.text[q.answer_start:] for q in questions],
+            "window_needed": max([int(a) for a, q in zip(answers + starts, questions) if q.whole],
+                                 default=0)}
     return ProbeSet(name, batch, kind="answer", answer_positions=answer_positions, meta=meta)

@@ -74,11 +74,14 @@ class Document:
 
 @dataclass
 class ProbeQuestion:
-    """A held-out question: ``text`` is prompt and answer, the answer starting at ``answer_start``."""
+    """A held-out question: ``text`` is prompt and answer, the answer starting at ``answer_start``.
+    ``whole``: the prompt must fit in one window (a question cut from its start loses its
+    subject); a completion of training text may be cut, as training cuts it."""
 
     text: str
     answer_start: int
     domain: str
+    whole: bool = True
 
 
 class TextSource(Protocol):

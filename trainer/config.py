@@ -118,6 +118,25 @@ def check_metric_logged(metric: str | None, probe_sets: list[str]) -> None:
                           f"{metric.split('/')[1]!r} (it has: {', '.join(probe_sets)})")
 
 
+def check_probes_fit(cfg: DictConfig, sampler: Any) -> None:
+    """With the probe callbacks on, the probes must build (a sampler that cannot build them
+    raises, naming its key) and every question must fit in a window: a question cut from its
+    start loses its subject, and its series would measure nothing."""
+    probing = {str(node._target_).rsplit(".", 1)[-1] for where, node in _target_nodes(cfg)
+               if where.startswith("callbacks.")} & {"CapabilityProbes", "TopologyProbe"}
+    if not probing:
+        return
+    seq_len = sampler.seq_len
+    cut = {p.name: p.meta["window_needed"] for p in sampler.probe_sets()
+           if p.meta.get("window_needed", 0) > seq_len}
+    if cut:
+        raise ConfigError(
+            f"data.seq_len={seq_len} is too short for the questions of the probe sets "
+            f"{', '.join(cut)} (up to {max(cut.values())} tokens): they would be cut and their "
+            f"probe/ series measure nothing; use data.seq_len >= {max(cut.values())}, or "
+            "callbacks=minimal (no probes)")
+
+
 # The parts of the config a checkpoint's weights and data position depend on: a resume with any
 # of them changed would silently continue another experiment (the seed picks the data each step).
 IDENTITY_KEYS = ("model", "data", "curriculum", "batch", "optim", "seed")

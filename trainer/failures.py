@@ -3,11 +3,11 @@ sweep's table lists the job) and, for bad input, one line instead of a traceback
 
 from __future__ import annotations
 
-import errno
 from pathlib import Path
 
 from omegaconf import DictConfig
 
+from trainer.cli_errors import path_problem
 from trainer.run_info import write_json
 from trainer.runlock import RunDirBusy
 
@@ -44,11 +44,7 @@ def bad_input_message(exc: BaseException) -> str | None:
     a run or cache dir that cannot be written), or None for a bug, which keeps its traceback."""
     if isinstance(exc, ValueError):
         return str(exc)
-    if isinstance(exc, OSError) and exc.filename and exc.errno in _PATH_ERRORS:
-        return (f"{exc.filename}: {exc.strerror} (check hydra.run.dir or ELAB_LOG_DIR, "
-                f"paths.cache_dir or ELAB_CACHE_DIR, and any data path given)")
+    if (problem := path_problem(exc)) is not None:
+        return (f"{problem} (check hydra.run.dir or ELAB_LOG_DIR, paths.cache_dir or "
+                f"ELAB_CACHE_DIR, and any data path given)")
     return None
-
-
-# A path the user chose cannot be made or written (read-only, missing parent, not a directory).
-_PATH_ERRORS = (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOENT, errno.ENOTDIR, errno.ENOSPC)

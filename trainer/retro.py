@@ -34,6 +34,7 @@ import json
 import logging
 import os
 import sys
+import uuid
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -41,7 +42,9 @@ from typing import Any
 import numpy as np
 
 from trainer import run_info
+from trainer.cli_errors import report_bad_input
 from trainer.config import ConfigError
+from trainer.retro_lock import lock_retro
 from trainer.retro_measure import load_setup, load_weights, measure
 
 log = logging.getLogger("emergence_lab")
@@ -51,20 +54,30 @@ PREFIX = {"probes": "probe/", "topology": "topo/", "llc": "llc/"}
 
 def checkpoints(run_dir: Path) -> dict[int, Path]:
     """Trail checkpoints by global step, and ``last.ckpt`` when its step is not on the trail."""
-    import torch
-
+    from trainer.run_files import load_checkpoint
     from trainer.trail import trail_steps
 
     found = trail_steps(run_dir / "checkpoints")
     last = run_dir / "checkpoints" / "last.ckpt"
     if last.is_file():
-        step = int(torch.load(last, map_location="cpu", weights_only=True, mmap=True)["global_step"])
+        step = load_checkpoint(last).get("global_step")
+        if not isinstance(step, int):
+            raise ConfigError(f"checkpoint {last} records no global_step: not a checkpoint of "
+                              "this lab")
         found.setdefault(step, last)
     return dict(sorted(found.items()))
 
 
 def read_events(run_dir: Path) -> list[dict[str, Any]]:
-    return run_info.read_events(run_dir / "events.jsonl")
+    """The run's online jump events; each must give its series and onset step."""
+    path = run_dir / "events.jsonl"
+    events = run_info.read_events(path)
+    for number, event in enumerate(events, start=1):
+        if not (isinstance(event, dict) and isinstance(event.get("series"), str)
+                and isinstance(event.get("onset_step"), int)):
+            raise ConfigError(f"{path}, event {number}: {str(event)[:80]!r} is not a jump event "
+                              "(series, onset_step): an edited or foreign file")
+    return events
 
 
 def _near(step: int, onsets: Sequence[int], window: int) -> bool:
@@ -114,7 +127,7 @@ def read_rows(path: Path) -> dict[int, dict[str, float]]:
 def write_rows(path: Path, rows: dict[int, dict[str, float]]) -> None:
     """All rows, sorted by step, columns the union of every row's series; written atomically."""
     columns = ["step", "global_step"] + sorted({k for r in rows.values() for k in r} - {"step", "global_step"})
-    tmp = path.with_suffix(".tmp")
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
     with tmp.open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=columns)
         writer.writeheader()
@@ -183,13 +196,10 @@ def lead_lag_report(retro_events: list[dict], online_events: list[dict], window:
 
 def retro(run_dir: Path, monitors: Sequence[str] = MONITORS, steps: Sequence[int] | None = None,
           window: int = 200, sparse: int = 16, llc_points: int = 12, progress: bool = True,
-          device: str | None = None) -> dict[str, Any]:
-    """Measure the chosen checkpoints (skipping those already in ``retro/metrics.csv``), then
-    write ``metrics.csv`` and ``lead_lag.json``; returns the lead-lag report's content."""
-    from tqdm import tqdm
-
-    from trainer.llc_monitor import llc_batches
-
+          device: str | None = None, every: bool = False) -> dict[str, Any]:
+    """Measure the chosen checkpoints (``every``: all of them; skipping those already in
+    ``retro/metrics.csv``), then write ``metrics.csv`` and ``lead_lag.json``; returns the
+    lead-lag report's content."""
     unknown = sorted(set(monitors) - set(MONITORS))
     if unknown:
         raise ConfigError(f"--monitors {','.join(unknown)}: not one of {', '.join(MONITORS)}")
@@ -198,7 +208,9 @@ def retro(run_dir: Path, monitors: Sequence[str] = MONITORS, steps: Sequence[int
         raise ConfigError(f"run_dir={str(run_dir)!r}: no checkpoints (checkpoints/step-<n>.ckpt or last.ckpt)")
     online = read_events(run_dir)
     onsets = [int(e["onset_step"]) for e in online]
-    if steps is None:
+    if every:
+        chosen = sorted(available)
+    elif steps is None:
         chosen = choose_steps(list(available), onsets, window, sparse)
     else:
         missing = sorted(set(steps) - set(available))
@@ -206,6 +218,23 @@ def retro(run_dir: Path, monitors: Sequence[str] = MONITORS, steps: Sequence[int
             raise ConfigError(f"--steps {missing}: no such checkpoint; the trail has {sorted(available)}")
         chosen = sorted(steps)
     out_dir = run_dir / "retro"
+    out_dir.mkdir(exist_ok=True)
+    lock = lock_retro(out_dir)
+    try:
+        return _retro(run_dir, out_dir, available, online, onsets, chosen, monitors, window,
+                      llc_points, progress, device)
+    finally:
+        lock.close()
+
+
+def _retro(run_dir: Path, out_dir: Path, available: dict[int, Path], online: list[dict],
+           onsets: list[int], chosen: list[int], monitors: Sequence[str], window: int,
+           llc_points: int, progress: bool, device: str | None) -> dict[str, Any]:
+    """:func:`retro` once its input is checked and the run's retro lock held."""
+    from tqdm import tqdm
+
+    from trainer.llc_monitor import llc_batches
+
     rows = read_rows(out_dir / "metrics.csv")
     # Resumable: a checkpoint is measured by the monitors whose series its row does not hold yet.
     with_llc = llc_steps(chosen, onsets, window, llc_points)
@@ -219,7 +248,11 @@ def retro(run_dir: Path, monitors: Sequence[str] = MONITORS, steps: Sequence[int
         setup.llc_batches = llc_batches(setup.sampler, setup.llc.n_batches, setup.llc.batch_size, setup.device)
     problems: dict[int, list[str]] = {}
     for global_step in tqdm(todo, desc="elab-retro", unit="ckpt", disable=not progress, file=sys.stderr):
-        load_weights(setup, available[global_step])
+        try:
+            load_weights(setup, available[global_step])
+        except FileNotFoundError:  # the run thinned its trail since the listing: nothing to measure
+            log.warning("%s vanished (the run thinned its trail): skipped", available[global_step])
+            continue
         values, problems[global_step] = measure(setup, todo[global_step])
         rows[global_step] = {**rows.get(global_step, {}), "step": global_step - 1,
                              "global_step": global_step, **values}
@@ -350,17 +383,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(f"{r['lr']:9.2g} {r['n_beta']:9.3g} {r['llc_mean']:9.3g} {r['llc_std']:8.3g} "
                       f"{r['rhat']:6.2f}  {'yes' if r['stable'] else 'no ':6}  {'; '.join(r['problems'])}")
             return 0
-        steps = None
-        if args.all:
-            steps = list(checkpoints(args.run_dir))
-        elif args.steps:
-            steps = [int(s) for s in args.steps.split(",") if s]
+        steps = [int(s) for s in args.steps.split(",") if s] if args.steps else None
         monitors = [m for m in args.monitors.split(",") if m]
         report = retro(args.run_dir, monitors, steps, args.window, args.sparse, args.llc_points,
-                       progress=not args.no_progress, device=args.device)
-    except ValueError as exc:  # bad input names its option: a message, exit 2, no traceback
-        print(f"elab-retro: error: {exc}", file=sys.stderr)
-        return 2
+                       progress=not args.no_progress, device=args.device, every=args.all)
+    except Exception as exc:  # bad input names its option, file or path: a message, exit 2
+        return report_bad_input("elab-retro", exc)
     _print_report(args.run_dir, report)
     return 0
 

@@ -39,12 +39,16 @@ def load_setup(run_dir: Path, device: str | None = None) -> Setup:
     """Rebuild data and model from ``run_dir/.hydra/config.yaml`` (the way ``trainer.train`` does)."""
     import torch
     from hydra.utils import instantiate
+    from omegaconf import DictConfig
 
     from trainer.llc_monitor import LLCMonitor
     from trainer.run_config import load_run_config
     from trainer.train import _build
 
     cfg = load_run_config(run_dir)  # every _target_ in it checked: a run dir never runs code
+    if not all(isinstance(cfg.get(key), DictConfig) for key in ("data", "model")):
+        raise ConfigError(f"{run_dir / '.hydra' / 'config.yaml'} is not a run config of elab-train "
+                          "(no data and model groups): an edited or foreign file")
     curriculum = _build(cfg.curriculum) if cfg.get("curriculum") else None
     sampler = _build(cfg.data, curriculum=curriculum)
     sampler.prepare()
@@ -66,9 +70,9 @@ def load_setup(run_dir: Path, device: str | None = None) -> Setup:
 
 
 def load_weights(setup: Setup, path: Path) -> None:
-    import torch
+    from trainer.run_files import load_checkpoint
 
-    checkpoint = torch.load(path, map_location=setup.device, weights_only=True)
+    checkpoint = load_checkpoint(path, setup.device)
     state = {k.removeprefix("model."): v for k, v in checkpoint["state_dict"].items()}
     try:
         setup.model.load_state_dict(state)

@@ -173,7 +173,15 @@ def read_json(run_dir: str | os.PathLike, name: str) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError(f"{path} is missing: the run dir was written by an older version or is "
                           "not a run dir (model.json and vocabulary.json sit beside checkpoints/)")
-    return json.loads(path.read_text())
+    try:
+        spec = json.loads(path.read_text())
+    except (ValueError, OSError) as exc:  # torn by a killed write, or not text
+        raise ConfigError(f"{path} cannot be read ({exc}): a torn or edited file; the run that "
+                          "wrote it rewrites it when resumed (elab-train ckpt_path=last)") from None
+    if not isinstance(spec, dict):
+        raise ConfigError(f"{path} holds a {type(spec).__name__} where a mapping belongs "
+                          "(an edited or foreign file)")
+    return spec
 
 
 def read_probes(run_dir: str | os.PathLike) -> dict[str, dict[str, np.ndarray]]:
@@ -182,11 +190,43 @@ def read_probes(run_dir: str | os.PathLike) -> dict[str, dict[str, np.ndarray]]:
     if not path.is_file():
         return {}
     probes: dict[str, dict[str, np.ndarray]] = {}
-    with np.load(path, allow_pickle=False) as data:
-        for key in data.files:
-            name, array = key.rsplit("/", 1)
-            probes.setdefault(name, {})[array] = data[key]
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            for key in data.files:
+                name, array = key.rsplit("/", 1)
+                probes.setdefault(name, {})[array] = data[key]
+    except Exception as exc:  # torn, not an npz, object arrays (a pickle), keys not <set>/<array>
+        raise ConfigError(f"{path} cannot be read as the run's probe rows ({type(exc).__name__}: "
+                          f"{exc}); give a prompt instead of --probe") from None
     return probes
+
+
+def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict[str, Any]:
+    """A checkpoint read weights-only (data, never code), or a ConfigError that names the file
+    and says what is wrong with it: empty or truncated (a run killed while writing it), not a
+    checkpoint, or holding objects a weights-only load refuses. FileNotFoundError passes
+    through (the trail thins while a run trains: callers may skip a vanished file)."""
+    import torch
+
+    path = Path(path)
+    size = path.stat().st_size
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True, mmap=size > 0)
+    except FileNotFoundError:
+        raise
+    except Exception as exc:
+        if size == 0 or "zip archive" in str(exc) or isinstance(exc, EOFError):
+            what = "is empty (0 bytes)" if size == 0 else f"is truncated ({size} bytes)"
+            raise ConfigError(f"checkpoint {path} {what}: a run killed while writing it? Delete "
+                              "it and use another checkpoint of checkpoints/ (resume: "
+                              "ckpt_path=<that file>)") from None
+        first_line = (str(exc).strip().splitlines() or [""])[0]
+        raise ConfigError(f"cannot load checkpoint {path}: not a weights-only checkpoint of this "
+                          f"lab (nothing in it was run): {type(exc).__name__}: {first_line}") from None
+    if not isinstance(ckpt, dict) or not isinstance(ckpt.get("state_dict"), dict):
+        raise ConfigError(f"cannot load checkpoint {path}: it holds no state_dict (not a "
+                          "checkpoint of this lab)")
+    return ckpt
 
 
 def checkpoint_trail(run_dir: str | os.PathLike) -> list[Path]:
@@ -219,8 +259,6 @@ def find_checkpoint(run_dir: str | os.PathLike, choice: str | None = None) -> Pa
 def load_model(run_dir: str | os.PathLike, checkpoint: str | os.PathLike | None = None):
     """The model of ``run_dir`` with the weights of ``checkpoint`` (see :func:`find_checkpoint`),
     in eval mode on the CPU. Returns ``(model, step)``: ``step`` is the checkpoint's global step."""
-    import torch
-
     import trainer.models as models
 
     spec = read_json(run_dir, MODEL_FILE)
@@ -228,13 +266,17 @@ def load_model(run_dir: str | os.PathLike, checkpoint: str | os.PathLike | None 
         raise ConfigError(f"{Path(run_dir) / MODEL_FILE}: class={spec.get('class')!r}, "
                           f"format={spec.get('format')!r}: expected one of {models.__all__}, "
                           f"format {FORMAT}")
-    model = getattr(models, spec["class"])(**spec["config"])
-    path = find_checkpoint(run_dir, None if checkpoint is None else str(checkpoint))
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        model = getattr(models, spec["class"])(**spec["config"])
+    except (TypeError, ValueError) as exc:  # an edited or foreign config: name the file
+        raise ConfigError(f"{Path(run_dir) / MODEL_FILE}: its config does not build a "
+                          f"{spec['class']}: {exc}") from None
+    path = find_checkpoint(run_dir, None if checkpoint is None else str(checkpoint))
+    ckpt = load_checkpoint(path)
+    try:
         state = {k.removeprefix("model."): v for k, v in ckpt["state_dict"].items()
                  if k.startswith("model.")}
         model.load_state_dict(state)
-    except Exception as exc:  # truncated, foreign, unsafe or not this model's: say which file
+    except Exception as exc:  # weights not this model's: say which file
         raise ConfigError(f"cannot load {path} into the model of {run_dir}: {exc}") from exc
     return model.eval(), int(ckpt.get("global_step", -1))

@@ -18,6 +18,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from trainer.cli_errors import report_bad_input
 from trainer.config import ConfigError
 from trainer.run_files import (
     VOCAB_FILE,
@@ -135,6 +136,25 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+# --max-new-tokens at most this many windows (or MIN_LIMIT tokens, for tiny windows): past its
+# window the model sees only its last max_seq_len tokens, so a longer sample costs time (hours at
+# 10^7) and shows nothing new.
+MAX_WINDOWS, MIN_LIMIT = 16, 4096
+
+
+def max_new_tokens_limit(max_seq_len: int) -> int:
+    return max(MAX_WINDOWS * max_seq_len, MIN_LIMIT)
+
+
+def check_max_new_tokens(max_new_tokens: int, max_seq_len: int) -> None:
+    limit = max_new_tokens_limit(max_seq_len)
+    if max_new_tokens > limit:
+        raise ConfigError(f"--max-new-tokens={max_new_tokens} is above this model's limit of "
+                          f"{limit} (beyond its window the model sees only its last "
+                          f"{max_seq_len} tokens: a longer sample takes time and shows nothing "
+                          f"new); ask for at most {limit}")
+
+
 def _check_args(args: argparse.Namespace) -> None:
     if args.max_new_tokens < 1:
         raise ConfigError(f"--max-new-tokens={args.max_new_tokens} must be >= 1")
@@ -181,6 +201,7 @@ def main(argv: list[str] | None = None) -> int:
         _check_args(args)
         path = find_checkpoint(args.run_dir, args.checkpoint)
         model, step = load_model(args.run_dir, path)
+        check_max_new_tokens(args.max_new_tokens, model.config.max_seq_len)
         vocab = Vocabulary(args.run_dir)
         print(f"# {args.run_dir}: {type(model).__name__}, {model.num_params() / 1e6:.2f}M "
               f"parameters, checkpoint {path.name} (step {step})", file=sys.stderr)
@@ -189,9 +210,8 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         text, note = generate_text(model, vocab, args.prompt or "", args.max_new_tokens,
                                          args.temperature, args.top_k, args.seed)
-    except ValueError as exc:  # bad input: the message, no traceback
-        print(f"elab-sample: {exc}", file=sys.stderr)
-        return 2
+    except Exception as exc:  # bad input: the message, no traceback
+        return report_bad_input("elab-sample", exc)
     print(text)
     if note:
         print(note, file=sys.stderr)

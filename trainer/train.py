@@ -21,6 +21,7 @@ from omegaconf import DictConfig
 from trainer.config import (
     ConfigError,
     check_metric_logged,
+    check_probes_fit,
     resolve_checkpoint,
     run_identity,
     steps_from_budget,
@@ -29,6 +30,7 @@ from trainer.config import (
     warmup_steps_for,
 )
 from trainer.failures import bad_input_message, record_failure
+from trainer.memory import allocation_refused, check_fits_memory
 from trainer.resume import check_budget, check_same_run, check_weights_fit, finished_summary, resume_check
 from trainer.run_config import CONF_DIR, write_hydra_files
 from trainer.runlock import RunLock, is_launcher_process
@@ -179,6 +181,9 @@ def _train(cfg: DictConfig, run_dir: Path, callbacks: list) -> dict[str, Any]:
     total_steps = steps_from_budget(cfg.budget.tokens, cfg.batch.global_size, sampler.seq_len)
     warmup_steps = warmup_steps_for(cfg.optim.warmup_steps, total_steps,
                                     f"budget.tokens={cfg.budget.tokens}")
+    model_kwargs = {"vocab_size": sampler.vocab_size, "max_seq_len": sampler.seq_len,
+                    "item_dim": sampler.item_dim}
+    check_fits_memory(cfg, lambda: _build(cfg.model, **model_kwargs), sampler.seq_len)
     identity = run_identity(cfg)
     saved = resume_check(ckpt, cfg.ckpt_path, identity) if ckpt is not None else None
     if saved is not None:
@@ -196,12 +201,9 @@ def _train(cfg: DictConfig, run_dir: Path, callbacks: list) -> dict[str, Any]:
     release_free_memory()  # what building the store freed goes back; training keeps its own
     if str(cfg.get("optimized_metric") or "").startswith("probe/"):
         check_metric_logged(cfg.optimized_metric, [p.name for p in sampler.probe_sets()])
-    model = _build(
-        cfg.model,
-        vocab_size=sampler.vocab_size,
-        max_seq_len=sampler.seq_len,
-        item_dim=sampler.item_dim,
-    )
+    check_probes_fit(cfg, sampler)
+    with allocation_refused(cfg, "the model"):
+        model = _build(cfg.model, **model_kwargs)
     optim = cfg.optim
     module = LitLM(
         model,
@@ -240,7 +242,7 @@ def _train(cfg: DictConfig, run_dir: Path, callbacks: list) -> dict[str, Any]:
         run_id=(saved or {}).get("run_id") or uuid.uuid4().hex,
     )
     all_callbacks = [
-        instantiate(node)
+        _build(node)  # a callback's own refusal (callbacks.trail.budget_mb=0) names its key
         for node in (cfg.get("callbacks") or {}).values()
         if node is not None and "_target_" in node
     ]
@@ -407,14 +409,19 @@ def main() -> None:
     try:
         _hydra_main()
     except Exception as exc:
-        # A failure inside training (a bug or a crash) keeps its traceback; a multirun job's bad
-        # input (logged by the job) ends the sweep as bad input does a single run.
-        if _task_started and bad_input_message(exc) is None:
+        message = bad_input_message(exc)
+        if _task_started and message is not None:
+            # Only a multirun gets here (a single job exits 2 itself): Hydra ran the other jobs
+            # and re-raises the first refusal, e.g. a job dir another sweep is training in.
+            print(f"error: a job of the sweep refused its input (the other jobs ran): {message}",
+                  file=sys.stderr)
+            raise SystemExit(2) from None
+        if _task_started:  # a failure inside training: a bug or a crash, with its traceback
             traceback.print_exc()
             raise SystemExit(1) from None
         # Hydra refused the command line or the config, or could not create the run dir.
         text = str(exc).split("Config search path")[0]  # Hydra's search path: noise here
-        message = bad_input_message(exc) or " ".join(text.split()) or repr(exc)
+        message = message or " ".join(text.split()) or repr(exc)
         cause = exc.__cause__
         if text.startswith("Unable to configure handler") and isinstance(cause, OSError):
             # Hydra opens the job's log file in the run dir before any of our code runs.

@@ -97,6 +97,10 @@ class HFSource:
         import datasets
 
         where = files[0] if files and len(files) == 1 else (files or self.path)
+        empty = [f for f in files or [] if os.path.getsize(f) == 0]
+        if empty:  # else the builder fails with a bare "StopIteration"
+            raise DataConfigError(f"data.source.data_files: {empty[0]} is empty (0 bytes): "
+                                  "no documents; remove it or give a file with rows")
         # datasets' own bars ("Generating train split", one per file) only on a terminal: in a log
         # file they are noise, and the token store shows the build's progress.
         quiet = not sys.stderr.isatty() and datasets.is_progress_bar_enabled()
@@ -124,10 +128,20 @@ class HFSource:
         if self._per_file():
             cap = None if self.max_documents is None else max(1, self.max_documents // len(self.files))
             for file, domain in zip(self.files, self.domain_names()):
-                yield from self._documents(self._load([file]), cap, domain)
+                yield from self._decoded(self._documents(self._load([file]), cap, domain), file)
         else:
             default = None if self.domain_column else self.domain_names()[0]
-            yield from self._documents(self._load(self.files or None), self.max_documents, default)
+            docs = self._documents(self._load(self.files or None), self.max_documents, default)
+            yield from self._decoded(docs, self.files or self.path)
+
+    @staticmethod
+    def _decoded(documents: Iterator[Document], where: Any) -> Iterator[Document]:
+        """Bytes that are not UTF-8 surface while rows are read: name the file(s)."""
+        try:
+            yield from documents
+        except UnicodeDecodeError as exc:
+            raise DataConfigError(f"data.source.data_files: {where} is not valid UTF-8 ({exc}); "
+                                  "convert it (e.g. iconv -f latin1 -t utf-8)") from None
 
     def _documents(self, ds: Any, cap: int | None, domain: str | None) -> Iterator[Document]:
         # Column batches, not rows: formatting each row as a dict cost ~10x more than reading.

@@ -362,7 +362,7 @@ class WorldSource:
                 if fact_id < self.n_entities * n_attr:
                     value = str(self.values[e, fact_id % n_attr])
                     at = doc.text.rfind(" " + value, start, end) + 1
-                    out.append(ProbeQuestion(doc.text[:at] + value, at, doc.domain))
+                    out.append(ProbeQuestion(doc.text[:at] + value, at, doc.domain, whole=False))
         return out
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 from trainer.analysis.plots import plot_run
 from trainer.analysis.report import analyze_sweep
 from trainer.analysis.runs import AnalysisError, load_wandb_group
+from trainer.cli_errors import report_bad_input
 
 
 def analyze_sweep_main(argv: Sequence[str] | None = None) -> int:
@@ -43,6 +44,8 @@ def analyze_sweep_main(argv: Sequence[str] | None = None) -> int:
                                    level=args.level)
     except AnalysisError as exc:
         parser.error(str(exc))
+    except OSError as exc:  # an output dir that cannot be written, a file that cannot be read
+        return report_bad_input("elab-analyze", exc, "choose another --out-dir")
     for path in result.paths():
         print(path)
     print()
@@ -76,6 +79,8 @@ def plot_run_main(argv: Sequence[str] | None = None) -> int:
         marked = plot_run(args.run_dir, out, args.series)
     except AnalysisError as exc:
         parser.error(str(exc))
+    except OSError as exc:
+        return report_bad_input("elab-plot", exc, "choose another --out")
     print(out)
     for name, steps in marked.items():
         if steps:

@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from trainer.cli_errors import report_bad_input
 from trainer.config import ConfigError
 from trainer.export import common
 from trainer.run_files import VOCAB_FILE, checkpoint_trail, find_checkpoint, load_model, read_json
@@ -134,9 +135,8 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         records = run(args)
-    except ValueError as exc:  # bad input, a missing extra, a model the target cannot express
-        print(f"elab-export: {exc}", file=sys.stderr)
-        return 2
+    except Exception as exc:  # bad input, a missing extra, a model the target cannot express,
+        return report_bad_input("elab-export", exc)  # an output path that cannot be written
     last = records[-1]
     print(f"exported {len(records)} checkpoint(s) of {args.run_dir} to {args.out} as "
           f"{last['architecture']} ({args.target}); max |logit diff| vs the lab's model: "
