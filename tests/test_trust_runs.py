@@ -88,11 +88,13 @@ def _crafted_targets(tmp_path: Path) -> dict[str, object]:
         "partial": {"_target_": "os.system", "_partial_": True, "command": f"touch {marker}"},
         "through-an-import": {"_target_": "trainer.train.os.system", "_args_": [f"touch {marker}"]},
         "interpolated": "${oc.create:'{_target_: os.system, _args_: [touch " + str(marker) + "]}'}",
+        # the lab's own writer functions are not components either: this one writes any path
+        "own-writer": {"_target_": "trainer.run_info.write_json", "path": str(marker), "payload": {}},
     }
 
 
 @pytest.mark.parametrize("kind", ["torch.load", "numpy.load", "nested", "partial",
-                                  "through-an-import", "interpolated"])
+                                  "through-an-import", "interpolated", "own-writer"])
 def test_retro_runs_no_code_named_in_the_run_config(kind, runs, run_copy, tmp_path, capsys):
     from trainer.retro import main as retro
 

@@ -217,6 +217,9 @@ def retro(run_dir: Path, monitors: Sequence[str] = MONITORS, steps: Sequence[int
         if missing:
             raise ConfigError(f"--steps {missing}: no such checkpoint; the trail has {sorted(available)}")
         chosen = sorted(steps)
+    from trainer.run_config import load_run_config
+
+    load_run_config(run_dir)  # its checks before retro/ is made: a refused run dir stays as it was
     out_dir = run_dir / "retro"
     out_dir.mkdir(exist_ok=True)
     lock = lock_retro(out_dir)
@@ -243,7 +246,6 @@ def _retro(run_dir: Path, out_dir: Path, available: dict[int, Path], online: lis
             for s in chosen}
     todo = {s: missing for s, missing in todo.items() if missing}
     setup = load_setup(run_dir, device)
-    out_dir.mkdir(exist_ok=True)  # once the run's config passed its checks
     if any("llc" in missing for missing in todo.values()):
         setup.llc_batches = llc_batches(setup.sampler, setup.llc.n_batches, setup.llc.batch_size, setup.device)
     problems: dict[int, list[str]] = {}

@@ -4,7 +4,8 @@
 A run dir may come from anyone. Its ``config.yaml`` is rebuilt with Hydra's ``instantiate``, which
 calls whatever ``_target_`` names (``torch.load`` of a pickle, ``numpy.load`` with
 ``allow_pickle``, ``os.system``): so a ``_target_`` read from a run dir, at any depth, must be one
-the shipped config groups name or a class or function of the lab's own packages.
+the shipped config groups name or a class of the lab's own packages (a function only where conf/
+names it).
 
 Hydra would write ``.hydra/`` when the job starts, before the task has checked anything, so a
 refused command would already have replaced a run's config (``hydra.output_subdir: null`` in
@@ -52,7 +53,7 @@ def shipped_targets() -> frozenset[str]:
 
 
 def _own(target: str) -> bool:
-    """A public class or function defined in the lab's own packages. A path through a module's
+    """A public class defined in the lab's own packages. A path through a module's
     imports (``trainer.train.os.system``) locates an object defined elsewhere, and is refused."""
     import inspect
 
@@ -67,7 +68,9 @@ def _own(target: str) -> bool:
     except Exception:  # not importable: refused below as not ours
         return False
     module = getattr(obj, "__module__", None) or ""
-    return (inspect.isclass(obj) or inspect.isfunction(obj)) and f"{module}.".startswith(OWN_PACKAGES)
+    # Classes only: the lab's functions include writers (run_info.write_json(path, ...)) that a
+    # crafted config could point anywhere; every function a config may name is in conf/.
+    return inspect.isclass(obj) and f"{module}.".startswith(OWN_PACKAGES)
 
 
 def _targets(node: Any, where: str, depth: int = 0):
