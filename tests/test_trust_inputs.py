@@ -189,10 +189,14 @@ def test_run_files_that_are_torn_or_of_the_wrong_shape_are_named(bursty_run, cap
 
 
 def test_an_empty_last_checkpoint_says_what_happened(bursty_run, capsys):
+    from trainer.resume import resume_check
+
     last = bursty_run / "checkpoints" / "last.ckpt"
     last.write_bytes(b"")
     rc, err = sample_cli(capsys, bursty_run)
     assert rc == 2 and f"checkpoint {last} is empty" in err and "killed while writing" in err
+    with pytest.raises(ConfigError, match=r"ckpt_path='last': checkpoint .* is empty .*killed"):
+        resume_check(last, "last", {})  # elab-train ckpt_path=last
 
 
 @pytest.fixture(scope="module")

@@ -41,12 +41,14 @@ def resume_check(ckpt: Path, ckpt_path: str, identity: dict[str, Any]) -> dict[s
     """Open the checkpoint weights-only (a checkpoint is data, never code: a pickle asking for
     anything but tensors and plain containers is refused) and compare its config with ours.
     Returns what the later checks need: ``global_step``, the weights' shapes."""
-    import torch
+    from trainer.run_files import load_checkpoint
 
     try:
-        state = torch.load(ckpt, map_location="cpu", weights_only=True, mmap=True)
+        state = load_checkpoint(ckpt)
         step = int(state["global_step"])
-    except Exception as exc:  # a truncated, foreign or unsafe file: say which, before training
+    except ConfigError as exc:  # empty, truncated, foreign or unsafe: load_checkpoint says which
+        raise ConfigError(f"ckpt_path={ckpt_path!r}: {exc}") from None
+    except (KeyError, TypeError, ValueError) as exc:
         raise ConfigError(f"ckpt_path={ckpt_path!r}: cannot read {ckpt}: {exc}") from exc
     if not all(key in state for key in _TRAINING_STATE):
         raise ConfigError(
