@@ -33,46 +33,56 @@ def _topology_series(run: Run, metric: str) -> str | None:
     return (jumped or topology or [None])[0]
 
 
+def _cells(runs: Sequence[Run], axes: Sequence[str]) -> list[list[Run]]:
+    """The sweep's runs grouped by their swept knobs (seeds together), in table order."""
+    cells: dict[tuple, list[Run]] = {}
+    for run in sort_runs(runs, axes):
+        cells.setdefault(tuple(run.knob(axis) for axis in axes), []).append(run)
+    return list(cells.values())
+
+
 def plot_runs(runs: Sequence[Run], metric: str, axes: Sequence[str], out_png: str | Path) -> None:
-    """One panel per run: the capability (left axis, solid jump lines) and one topology series
-    (right axis, dashed jump lines), so the order of the two jumps reads off each panel."""
-    ordered = sort_runs(runs, axes)
-    n_columns = min(4, len(ordered))
-    n_rows = math.ceil(len(ordered) / n_columns)
-    fig = Figure(figsize=(4.2 * n_columns, 3.0 * n_rows), layout="constrained")
+    """One panel per cell of the swept axes: each seed's capability (left axis, solid jump lines)
+    and one topology series (right axis, dashed jump lines) in the seed's colour, so the order of
+    the two jumps reads off each panel and the seeds' spread is in view. A panel per cell rather
+    than per run keeps a 200-run sweep one readable figure (and seconds, not a minute, to draw)."""
+    cells = _cells(runs, axes)
+    n_columns = min(4, len(cells))
+    n_rows = math.ceil(len(cells) / n_columns)
+    fig = Figure(figsize=(max(4.2 * n_columns, 10.0), 3.2 * n_rows), layout="constrained")
     panels = fig.subplots(n_rows, n_columns, squeeze=False, sharey=True).ravel()
-    for ax, run in zip(panels, ordered):
-        knobs = ", ".join(f"{axis}={run.knob(axis)}" for axis in axes)
-        seed = run.overrides.get("seed")
-        title = f"{run.name}: {knobs}" + (f" seed={seed}" if seed else "")
-        ax.set_title(textwrap.fill(title, 50), fontsize=8)
+    for ax, cell in zip(panels, cells):
+        knobs = ", ".join(f"{axis}={cell[0].knob(axis)}" for axis in axes) or "all runs"
+        seeds = [run.overrides.get("seed", "") for run in cell]
+        shown = f"seeds {', '.join(seeds)}" if all(seeds) else f"{len(cell)} runs"
+        ax.set_title(textwrap.fill(f"{knobs} ({shown})", 60), fontsize=8)
         ax.set_xlabel("step", fontsize=8)
-        if not run.completed:
-            ax.text(
-                0.5,
-                0.5,
-                textwrap.fill(f"{run.status}: {run.error}", 40),
-                transform=ax.transAxes,
-                ha="center",
-                va="center",
-                fontsize=8,
-                color="C3",
-            )
-        if metric in run.series:
-            ax.plot(*run.series[metric], color="C0", label=metric)
-        for step in run.jump_steps(metric):
-            ax.axvline(step, color="C0", linewidth=1.2)
-        topology = _topology_series(run, metric)
-        if topology in run.series:
-            twin = ax.twinx()
-            twin.plot(*run.series[topology], color="C1", linewidth=1.0, label=topology)
-            for step in run.jump_steps(topology):
-                twin.axvline(step, color="C1", linewidth=1.0, linestyle="--")
-            twin.tick_params(labelsize=7, colors="C1")
-            twin.set_ylabel(topology, fontsize=7, color="C1")
-        ax.set_ylabel(metric, fontsize=7, color="C0")
+        failed = [f"{run.name}: {run.status}: {run.error}" for run in cell if not run.completed]
+        if failed:
+            ax.text(0.5, 0.5, textwrap.fill("; ".join(failed), 50), transform=ax.transAxes,
+                    ha="center", va="center", fontsize=7, color="C3")
+        topology = _topology_series(cell[0], metric)
+        twin = ax.twinx() if any(topology in run.series for run in cell) else None
+        for index, run in enumerate(cell):
+            color = f"C{index % 10}"
+            if metric in run.series:
+                ax.plot(*run.series[metric], color=color, linewidth=1.2,
+                        label=f"seed {seeds[index]}" if seeds[index] else run.name)
+            for step in run.jump_steps(metric):
+                ax.axvline(step, color=color, linewidth=1.0)
+            if twin is not None and topology in run.series:
+                twin.plot(*run.series[topology], color=color, linewidth=0.8, alpha=0.5,
+                          linestyle=":")
+                for step in run.jump_steps(topology):
+                    twin.axvline(step, color=color, linewidth=0.8, linestyle="--")
+        if twin is not None:
+            twin.tick_params(labelsize=7, colors="0.4")
+            twin.set_ylabel(f"{topology} (dotted)", fontsize=7, color="0.4")
+        ax.set_ylabel(metric, fontsize=7)
         ax.tick_params(labelsize=7)
-    for ax in panels[len(ordered) :]:
+        if len(cell) > 1:
+            ax.legend(fontsize=6, loc="upper left")
+    for ax in panels[len(cells) :]:
         ax.set_visible(False)
     fig.savefig(out_png, dpi=80, metadata=PNG_METADATA)
 
