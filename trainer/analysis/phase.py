@@ -176,11 +176,13 @@ def _phase_lines(fig: Figure, runs: Sequence[Run], metric: str, grid: PhaseGrid,
     for ax, (title, points, cells, fmt) in zip(fig.subplots(1, 2), panels):
         if points:
             ax.scatter(*zip(*points), color="0.6", s=14, label="runs")
-        means = [c.mean for c in cells]
-        errors = [[c.mean - c.lo if c.has_interval else 0.0 for c in cells],
-                  [c.hi - c.mean if c.has_interval else 0.0 for c in cells]]
-        ax.errorbar(positions, means, yerr=errors, marker="o", color="C0", capsize=3,
-                    label=f"mean over {repeats_phrase((c.n for c in cells), unit)}, {INTERVAL}")
+        if any(c.n for c in cells):
+            errors = [[c.mean - c.lo if c.has_interval else 0.0 for c in cells],
+                      [c.hi - c.mean if c.has_interval else 0.0 for c in cells]]
+            ax.errorbar(positions, [c.mean for c in cells], yerr=errors, marker="o", color="C0",
+                        capsize=3, label=f"mean over {repeats_phrase((c.n for c in cells), unit)}"
+                                         f", {INTERVAL}")
+            ax.legend(fontsize=8)
         for position, cell in zip(positions, cells):
             if cell.n:
                 ax.annotate(cell.text(fmt), (position, cell.mean), textcoords="offset points",
@@ -193,7 +195,6 @@ def _phase_lines(fig: Figure, runs: Sequence[Run], metric: str, grid: PhaseGrid,
         ax.set_xlabel(grid.x or "(no swept axis)")
         ax.set_ylabel(title if title == metric else "tokens")
         ax.set_title(title, fontsize=10)
-        ax.legend(fontsize=8)
 
 
 def plot_phase_diagram(

@@ -13,6 +13,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
 
 from trainer.analysis.axes import sort_runs
 from trainer.analysis.runs import AnalysisError, Run, load_run
@@ -42,49 +43,60 @@ def _cells(runs: Sequence[Run], axes: Sequence[str]) -> list[list[Run]]:
 
 
 def plot_runs(runs: Sequence[Run], metric: str, axes: Sequence[str], out_png: str | Path) -> None:
-    """One panel per cell of the swept axes: each seed's capability (left axis, solid jump lines)
-    and one topology series (right axis, dashed jump lines) in the seed's colour, so the order of
-    the two jumps reads off each panel and the seeds' spread is in view. A panel per cell rather
-    than per run keeps a 200-run sweep one readable figure (and seconds, not a minute, to draw)."""
+    """One panel per cell of the swept axes: each seed's capability curve with solid lines at its
+    flagged jumps, and dashed lines at the jumps of the topology series that led it (named in the
+    title), all in the seed's colour: the order of the two jumps reads off each panel and the
+    seeds' spread is in view. A panel per cell rather than per run keeps a 200-run sweep one
+    readable figure, drawn in seconds."""
     cells = _cells(runs, axes)
     n_columns = min(4, len(cells))
     n_rows = math.ceil(len(cells) / n_columns)
-    fig = Figure(figsize=(max(4.2 * n_columns, 10.0), 3.2 * n_rows), layout="constrained")
-    panels = fig.subplots(n_rows, n_columns, squeeze=False, sharey=True).ravel()
+    width, height = max(4.2 * n_columns, 10.0), 3.0 * n_rows + 1.0
+    fig = Figure(figsize=(width, height))
+    # Fixed margins rather than a layout engine: measuring every tick label of many axes to place
+    # them took most of the time on big sweeps.
+    fig.subplots_adjust(left=0.7 / width, right=1 - 0.2 / width, bottom=0.6 / height,
+                        top=1 - 1.0 / height, wspace=0.15, hspace=0.5)
+    panels = fig.subplots(n_rows, n_columns, squeeze=False, sharex=True, sharey=True).ravel()
+    seed_colors: dict[str, str] = {}
     for ax, cell in zip(panels, cells):
         knobs = ", ".join(f"{axis}={cell[0].knob(axis)}" for axis in axes) or "all runs"
-        seeds = [run.overrides.get("seed", "") for run in cell]
-        shown = f"seeds {', '.join(seeds)}" if all(seeds) else f"{len(cell)} runs"
-        ax.set_title(textwrap.fill(f"{knobs} ({shown})", 60), fontsize=8)
-        ax.set_xlabel("step", fontsize=8)
+        topology = _topology_series(cell[0], metric)
+        lines = f"; dashed: {topology}" if topology else ""
+        ax.set_title(textwrap.fill(f"{knobs} (n={len(cell)}){lines}", 64), fontsize=7)
         failed = [f"{run.name}: {run.status}: {run.error}" for run in cell if not run.completed]
         if failed:
             ax.text(0.5, 0.5, textwrap.fill("; ".join(failed), 50), transform=ax.transAxes,
                     ha="center", va="center", fontsize=7, color="C3")
-        topology = _topology_series(cell[0], metric)
-        twin = ax.twinx() if any(topology in run.series for run in cell) else None
-        for index, run in enumerate(cell):
-            color = f"C{index % 10}"
+        jumps: list[tuple[int, str, str]] = []
+        for run in cell:
+            seed = run.overrides.get("seed", run.name if len(cell) > 1 else "")
+            color = seed_colors.setdefault(seed, f"C{len(seed_colors) % 10}")
             if metric in run.series:
-                ax.plot(*run.series[metric], color=color, linewidth=1.2,
-                        label=f"seed {seeds[index]}" if seeds[index] else run.name)
-            for step in run.jump_steps(metric):
-                ax.axvline(step, color=color, linewidth=1.0)
-            if twin is not None and topology in run.series:
-                twin.plot(*run.series[topology], color=color, linewidth=0.8, alpha=0.5,
-                          linestyle=":")
-                for step in run.jump_steps(topology):
-                    twin.axvline(step, color=color, linewidth=0.8, linestyle="--")
-        if twin is not None:
-            twin.tick_params(labelsize=7, colors="0.4")
-            twin.set_ylabel(f"{topology} (dotted)", fontsize=7, color="0.4")
-        ax.set_ylabel(metric, fontsize=7)
+                ax.plot(*run.series[metric], color=color, linewidth=1.2)
+            jumps += [(step, color, "solid") for step in run.jump_steps(metric)]
+            if topology:
+                jumps += [(step, color, "dashed") for step in run.jump_steps(topology)]
+        if jumps:  # one collection: an axvline per jump costs seconds on a 200-run sweep
+            steps, colors, styles = zip(*jumps)
+            ax.vlines(steps, 0, 1, transform=ax.get_xaxis_transform(), colors=list(colors),
+                      linestyles=list(styles), linewidth=1.0)
         ax.tick_params(labelsize=7)
-        if len(cell) > 1:
-            ax.legend(fontsize=6, loc="upper left")
+    for ax in panels[:: n_columns]:
+        ax.set_ylabel(metric, fontsize=7)
+    for ax in panels[len(cells) - n_columns: len(cells)]:  # the lowest panel of each column
+        ax.set_xlabel("step", fontsize=7)
+        ax.tick_params(labelbottom=True)
     for ax in panels[len(cells) :]:
         ax.set_visible(False)
-    fig.savefig(out_png, dpi=80, metadata=PNG_METADATA)
+    named = {seed: color for seed, color in seed_colors.items() if seed}
+    if named:  # one legend for the figure: a seed has one colour in every panel
+        handles = [Line2D([], [], color=color, label=f"seed {seed}" if seed.isdigit() else seed)
+                   for seed, color in list(named.items())[:10]]
+        fig.legend(handles=handles, loc="upper right", ncol=min(len(handles), 10), fontsize=7,
+                   title="colour = seed; solid lines: capability jumps, dashed: the leading "
+                         "series' jumps", title_fontsize=7)
+    fig.savefig(out_png, dpi=100, metadata=PNG_METADATA)
 
 
 def default_panels(series_names: Iterable[str]) -> list[str]:

@@ -106,6 +106,8 @@ class SweepAnalysis:
     scale_markdown: str = ""
     # Why these runs are not one experiment (keys that differ, with their runs); empty when they are.
     warnings: list[str] = field(default_factory=list)
+    # What an empty panel means ("no jump of ... detected within N tokens").
+    notes: list[str] = field(default_factory=list)
     # "name: status (why)" for every run that did not complete, so a killed job is seen, not lost.
     not_completed: list[str] = field(default_factory=list)
 
@@ -183,8 +185,14 @@ def analyze_sweep(
         tables = _write_scale(result, runs, metric, size, other, level, out_dir) + tables
         images.insert(1, (f"{size} x {other}: how much each axis moves {metric}",
                           result.scale_plot))
+    if not any(run.tokens_to_jump(metric) is not None for run in runs if run.completed):
+        budget = budget_tokens(runs)
+        within = f" within {format_tokens(budget)} tokens" if budget else ""
+        result.notes.append(f"no jump of {metric} detected{within} in any completed run: the "
+                            "tokens-to-jump panels are empty")
     write_report(result.report, title=title or "Sweep",
-                 facts=_facts(runs, source, metric, axes, x, y), images=images, tables=tables,
+                 facts=_facts(runs, source, metric, axes, x, y)
+                 + [("note", note) for note in result.notes], images=images, tables=tables,
                  warnings=result.warnings, glossary=list(GLOSSARY.items()))
     return result
 

@@ -153,38 +153,44 @@ class CsvSeries(Mapping):
     def __init__(self, csv_path: str | Path) -> None:
         self.path = Path(csv_path)
         self._header: list[str] | None = None
-        self._rows: list[list[str]] = []
+        self._rows: list[list[str]] | None = None
         self._parsed: dict[str, Series] = {}
 
-    def _read(self) -> list[str]:
+    def _names(self) -> list[str]:
+        """The header alone: which series exist is known without reading the rows."""
         if self._header is None:
             with self.path.open(newline="") as f:
-                rows = list(csv.reader(f))
-            header = rows[0] if rows else []
+                header = next(csv.reader(f), [])
             if "step" not in header:
                 raise AnalysisError(
                     f"{self.path} has no 'step' column; is it a Lightning CSVLogger file?"
                 )
-            self._header, self._rows = header, rows[1:]
+            self._header = header
         return self._header
 
+    def _read_rows(self) -> list[list[str]]:
+        if self._rows is None:
+            with self.path.open(newline="") as f:
+                self._rows = list(csv.reader(f))[1:]
+        return self._rows
+
     def __iter__(self) -> Iterator[str]:
-        return (name for name in self._read() if name != "step")
+        return (name for name in self._names() if name != "step")
 
     def __len__(self) -> int:
         return sum(1 for _ in self)
 
     def __contains__(self, name: object) -> bool:
-        return name != "step" and name in self._read()
+        return name != "step" and name in self._names()
 
     def __getitem__(self, name: str) -> Series:
         if name not in self._parsed:
-            header = self._read()
+            header = self._names()
             if name == "step" or name not in header:
                 raise KeyError(name)
             step_at, at = header.index("step"), header.index(name)
             points: dict[int, float] = {}
-            for line_number, row in enumerate(self._rows, start=2):
+            for line_number, row in enumerate(self._read_rows(), start=2):
                 cell = row[at] if at < len(row) else ""
                 if cell:
                     try:

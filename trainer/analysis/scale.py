@@ -343,9 +343,11 @@ def _lines(ax: Axes, grid: ScaleGrid, which: str, along_size: bool, empty: str) 
                   [c.hi - c.mean if c.has_interval else 0.0 for c in points]]
         ax.errorbar(x, [c.mean for c in points], yerr=errors, color=color, marker="o", capsize=3,
                     label=label)
+        dots = [(position, value) for (i, j), position in zip(index, x)
+                for value in cells[i][j].values()]
+        if dots:  # one artist per line: a plot call per run costs seconds on a big sweep
+            ax.plot(*zip(*dots), ".", color=color, alpha=0.45, markersize=5)
         for (i, j), position in zip(index, x):
-            for value in cells[i][j].values():
-                ax.plot(position, value, ".", color=color, alpha=0.45, markersize=5)
             n_missing = grid.n_completed[i, j] - len(cells[i][j])
             if which != "finals" and n_missing > 0 and any(map(len, sum(cells, []))):
                 ax.annotate(f"{len(cells[i][j])}/{grid.n_completed[i, j]}", (position, 0),
