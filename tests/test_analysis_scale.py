@@ -184,7 +184,7 @@ def test_configured_and_measured_diversity_are_side_by_side(analysed):
     markdown = (analysed[0] / "axis_effects.md").read_text()
     assert "data.label_mapping_diversity: configured vs measured" in markdown
     assert "| data.label_mapping_diversity (configured) | runs | data/label_conflict_rate |" in markdown
-    assert "| 0 | 9 | 0.9 |" in markdown and "| 1 | 9 | 0 |" in markdown
+    assert "| 0 | 9 | 0.9 [0.9, 0.9] n=9 |" in markdown and "| 1 | 9 | 0 [0, 0] n=9 |" in markdown
 
 
 def test_a_looped_model_axis_is_read_as_flops_when_parameters_do_not_change(tmp_path):

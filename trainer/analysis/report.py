@@ -5,8 +5,10 @@ from __future__ import annotations
 import base64
 import html
 import json
+import os
 import sys
-from collections.abc import Sequence
+import traceback
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -166,8 +168,10 @@ def analyze_sweep(
     )
     for line in result.warnings:  # before the minutes of drawing, not after
         print(f"warning: {line}", file=sys.stderr)
+    for run in runs:  # parse the curves once, before the fork, so neither process does it twice
+        run.series.get(metric)
+    join_runs_plot = _in_background(lambda: plot_runs(runs, metric, axes, result.runs_plot))
     plot_phase_diagram(runs, metric, x, y, result.phase_diagram)
-    plot_runs(runs, metric, axes, result.runs_plot)
     columns, rows = runs_table(runs, metric, axes)
     write_table_csv(result.table_csv, columns, rows)
     result.table_md.write_text(table_markdown(columns, rows))
@@ -190,11 +194,38 @@ def analyze_sweep(
         within = f" within {format_tokens(budget)} tokens" if budget else ""
         result.notes.append(f"no jump of {metric} detected{within} in any completed run: the "
                             "tokens-to-jump panels are empty")
+    join_runs_plot()
     write_report(result.report, title=title or "Sweep",
                  facts=_facts(runs, source, metric, axes, x, y)
                  + [("note", note) for note in result.notes], images=images, tables=tables,
                  warnings=result.warnings, glossary=list(GLOSSARY.items()))
     return result
+
+
+def _in_background(draw: Callable[[], None]) -> Callable[[], None]:
+    """Run ``draw`` in a forked process and return the function that waits for it: the figure of
+    every run is the slowest output of a big sweep, and the second core draws it while this one
+    draws the rest. Where there is no fork (or one core) it simply runs here."""
+    if not hasattr(os, "fork") or (os.cpu_count() or 1) < 2:
+        draw()
+        return lambda: None
+    pid = os.fork()
+    if pid == 0:  # the child: draw, and leave without running the parent's exit handlers
+        code = 0
+        try:
+            draw()
+        except BaseException:
+            traceback.print_exc()
+            code = 1
+        finally:
+            os._exit(code)
+
+    def join() -> None:
+        _, status = os.waitpid(pid, 0)
+        if status != 0:
+            raise AnalysisError("drawing the figure of every run failed (traceback above)")
+
+    return join
 
 
 def _mismatch_warning(runs: Sequence[Run]) -> list[str]:

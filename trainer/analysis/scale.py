@@ -284,7 +284,7 @@ def _effect_row(axis: str, step: str, at: str, deltas: dict[str, list[float]]) -
 def size_to_reach(grid: ScaleGrid) -> list[dict]:
     """At each level of the other axis, the smallest size whose seed-mean final capability reaches
     the grid's level: how much model each amount of diversity needs (blank where no size does)."""
-    level, means = grid.level, grid.mean("finals")
+    level, means, cells = grid.level, grid.mean("finals"), grid.estimates("finals")
     rows = []
     for i, other in enumerate(grid.other_values):
         reached = [j for j in range(len(grid.size_values)) if means[i, j] >= level]
@@ -295,7 +295,7 @@ def size_to_reach(grid: ScaleGrid) -> list[dict]:
             f"smallest {grid.size}": None if j is None else grid.size_values[j],
             grid.measure if grid.measure != grid.size else "position":
                 None if j is None else grid.position[i, j],
-            "capability there": None if j is None else means[i, j],
+            "capability there": None if j is None else cells[i][j].text(),
             "best capability": float(np.nanmax(means[i])) if np.isfinite(means[i]).any()
             else None,
         })
@@ -312,8 +312,7 @@ def measured_diversity(runs: Sequence[Run], axis: str) -> list[dict]:
         at_level = [run for run in runs if run.knob(axis) == value and run.completed]
         row: dict = {f"{axis} (configured)": value, "runs": len(at_level)}
         for name in names:
-            measured = [run.final(name) for run in at_level if not math.isnan(run.final(name))]
-            row[name] = statistics.fmean(measured) if measured else None
+            row[name] = estimate(run.final(name) for run in at_level).text() or None
         rows.append(row)
     return rows if names else []
 
