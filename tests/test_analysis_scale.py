@@ -102,23 +102,30 @@ def test_the_model_axis_is_read_as_measured_parameters_in_size_order(sweep):
     assert grid.position[0].tolist() == [10_000, 100_000, 400_000]
 
 
-def test_one_step_on_each_axis_is_reported_with_its_seed_spread(analysed):
+# Student's t quantile for a two-sided 95% interval over 3 seeds (2 degrees of freedom).
+T_2 = 4.302653
+
+
+def test_one_step_on_each_axis_is_reported_with_its_95_interval_over_seeds(analysed):
     rows = effect_rows(analysed[0])
     overall = {r["axis"]: r for r in rows if r["step"] == "mean of one step"}
     # A size step adds 0.2 + 0.02 * seed with fresh mappings and 0.02 * seed with a fixed one:
-    # per seed (0.1 + 0.02 * seed), i.e. 0.12 +- 0.02 over seeds 0, 1, 2.
+    # per seed (0.1 + 0.02 * seed), i.e. 0.12, sd 0.02 over seeds 0, 1, 2.
+    half = T_2 * 0.02 / 3 ** 0.5
     assert float(overall["model"]["d_capability"]) == pytest.approx(0.12)
-    assert float(overall["model"]["d_capability_sd"]) == pytest.approx(0.02)
+    assert float(overall["model"]["d_capability_lo"]) == pytest.approx(0.12 - half)
+    assert float(overall["model"]["d_capability_hi"]) == pytest.approx(0.12 + half)
     assert overall["model"]["n_capability"] == "3"
+    assert overall["model"]["d_capability_excludes_0"] == "True"
     # The range over the axis does not let a rise and a fall cancel: per seed (0.4 + 0.04 * seed
-    # with fresh mappings, 0.04 * seed with a fixed one) / 2 -> 0.24 +- 0.04.
+    # with fresh mappings, 0.04 * seed with a fixed one) / 2 -> 0.24, sd 0.04.
     spans = {r["axis"]: r for r in rows if r["step"] == "range (max - min)"}
     assert float(spans["model"]["d_capability"]) == pytest.approx(0.24)
-    assert float(spans["model"]["d_capability_sd"]) == pytest.approx(0.04)
-    # Fresh (0) -> fixed (1) loses 0.4 + 0.2 * rank whatever the seed: -0.6 +- 0 on average.
+    assert float(spans["model"]["d_capability_hi"]) == pytest.approx(0.24 + 2 * half)
+    # Fresh (0) -> fixed (1) loses 0.4 + 0.2 * rank whatever the seed: -0.6, a zero-width interval.
     data = overall["data.label_mapping_diversity"]
     assert float(data["d_capability"]) == pytest.approx(-0.6)
-    assert float(data["d_capability_sd"]) == pytest.approx(0.0, abs=1e-12)
+    assert float(data["d_capability_hi"]) == pytest.approx(-0.6)
     # Tokens-to-jump: only runs that jumped pair up (fresh mappings), 200k earlier per size step.
     assert float(overall["model"]["d_tokens_to_jump"]) == pytest.approx(-200_000)
     assert data["d_tokens_to_jump"] == "" and data["n_tokens_to_jump"] == "0"
@@ -126,9 +133,42 @@ def test_one_step_on_each_axis_is_reported_with_its_seed_spread(analysed):
     # mappings get there (steps 400 and 200), one size step apart.
     assert float(overall["model"]["d_tokens_to_level"]) == pytest.approx(-200_000)
     assert overall["model"]["n_tokens_to_level"] == "3"
-    steps = [(r["step"], r["at"]) for r in rows if r["axis"] == "model"][:2]
+    steps = [(r["step"], r["at"]) for r in rows if r["axis"] == "model"][:3]
     assert steps == [("attn_small -> attn_medium", "data.label_mapping_diversity=0"),
-                     ("attn_small -> attn_medium", "data.label_mapping_diversity=1")]
+                     ("attn_small -> attn_medium", "data.label_mapping_diversity=1"),
+                     ("attn_small -> attn_medium", "mean over data.label_mapping_diversity")]
+
+
+def test_axis_effects_json_gives_each_step_its_seed_paired_interval(analysed):
+    effects = json.loads((analysed[0] / "axis_effects.json").read_text())
+    assert all(set(e) >= {"axis", "from", "to", "at", "mean", "ci_lo", "ci_hi", "n"}
+               for e in effects)
+    by_key = {(e["axis"], e["from"], e["to"], e["at"]): e for e in effects}
+    # small -> medium with fresh maps: +0.2 + 0.02 * seed -> 0.22 [0.22 -+ t * 0.02 / sqrt 3], n 3.
+    fresh = by_key[("model", "attn_small", "attn_medium", "data.label_mapping_diversity=0")]
+    half = T_2 * 0.02 / 3 ** 0.5
+    assert (fresh["mean"], fresh["ci_lo"], fresh["ci_hi"], fresh["n"]) == pytest.approx(
+        (0.22, 0.22 - half, 0.22 + half, 3))
+    assert fresh["excludes_0"] is True and fresh["metric"] == METRIC
+    # With a fixed map a size step adds only 0.02 * seed: 0.02 [-0.03, 0.07], which includes 0.
+    fixed = by_key[("model", "attn_small", "attn_medium", "data.label_mapping_diversity=1")]
+    assert fixed["mean"] == pytest.approx(0.02) and fixed["excludes_0"] is False
+    assert fixed["ci_lo"] < 0 < fixed["ci_hi"]
+    # Averaged over both maps, per seed: (0.2 + 0.04 * seed) / 2 = 0.1 + 0.02 * seed.
+    both = by_key[("model", "attn_small", "attn_medium",
+                   "mean over data.label_mapping_diversity")]
+    assert both["mean"] == pytest.approx(0.12) and both["n"] == 3
+    # Every step of both axes at every level, plus the averaged rows: (2 x 2 + 2) + (1 x 3 + 1).
+    assert len(effects) == 10 and all(e["n"] == 3 for e in effects)
+
+
+def test_the_printed_effect_table_shows_intervals_and_says_what_excludes_0(analysed):
+    markdown = (analysed[0] / "axis_effects.md").read_text()
+    assert "| model | attn_small -> attn_medium | data.label_mapping_diversity=1 | +0.02 [" in markdown
+    line = next(ln for ln in markdown.splitlines()
+                if "| data.label_mapping_diversity | 0 -> 1 | model=attn_small |" in ln)
+    assert "-0.4 [-0.4, -0.4] n=3, excludes 0" in line
+    assert "95% t-interval over seeds" in markdown
 
 
 def test_smallest_size_reaching_a_level_per_data_level(sweep, analysed):
@@ -144,7 +184,7 @@ def test_configured_and_measured_diversity_are_side_by_side(analysed):
     markdown = (analysed[0] / "axis_effects.md").read_text()
     assert "data.label_mapping_diversity: configured vs measured" in markdown
     assert "| data.label_mapping_diversity (configured) | runs | data/label_conflict_rate |" in markdown
-    assert "| 0 | 9 | 0.9 |" in markdown and "| 1 | 9 | 0 |" in markdown
+    assert "| 0 | 9 | 0.9 [0.9, 0.9] n=9 |" in markdown and "| 1 | 9 | 0 [0, 0] n=9 |" in markdown
 
 
 def test_a_looped_model_axis_is_read_as_flops_when_parameters_do_not_change(tmp_path):

@@ -154,3 +154,10 @@ def test_fragmentation_preset_runs_and_emits_the_fragments_it_asks_for(tmp_path)
     assert summary["status"] == "completed"
     assert 0 < summary["metrics"]["data/mean_fragment_length"] <= 12
     assert summary["metrics"]["data/docs_per_window"] >= 3.5
+
+
+@pytest.mark.parametrize("preset", ["diversity_vs_scale", "knowledge_extraction",
+                                    "icl_classes_vector", "fragmentation", "bridges_two_hop"])
+def test_science_presets_sweep_three_seeds_so_every_cell_has_an_interval(preset):
+    params = compose_with_hydra([f"experiment={preset}"]).hydra.sweeper.params
+    assert len(str(params.seed).split(",")) >= 3

@@ -3,7 +3,9 @@
 One job per module:
 
 - ``runs``: load run dirs, sweeps and wandb groups into :class:`Run` (the only reader of files);
-- ``axes``: which override keys a sweep moved, which metric is the capability, run order;
+- ``axes``: which override keys a sweep moved, which metric is the capability, run order, and
+  whether the runs are one experiment at all;
+- ``stats``: a cell's mean, 95% t-interval over seeds and n (every table and figure uses it);
 - ``tables``: the table of runs (CSV, Markdown, HTML);
 - ``phase``: the phase diagram over one or two swept axes;
 - ``plots``: per-run curves and ``elab-plot``'s panels;

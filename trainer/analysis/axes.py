@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import fnmatch
+import os
 from collections.abc import Sequence
+from pathlib import Path
 
 from trainer.analysis.runs import SEED_KEYS, AnalysisError, Run, natural_key
 
@@ -90,3 +92,61 @@ def sort_runs(runs: Sequence[Run], axes: Sequence[str]) -> list[Run]:
             natural_key(run.name),
         ),
     )
+
+
+# Config keys that say what a run studies: runs that differ in one of them are separate
+# experiments unless every run's command line set it (a sweep over it, or over its group).
+EXPERIMENT_KEYS = ("tags", "model._target_", "data._target_", "data.source.kind", "data.seq_len",
+                   "budget.tokens", "batch.global_size")
+
+
+def _runs_phrase(names: Sequence[str], limit: int = 6) -> str:
+    shown = ", ".join(names[:limit])
+    return shown + (f", ... ({len(names)} runs)" if len(names) > limit else "")
+
+
+def _by_value(runs: Sequence[Run], value) -> str:
+    groups: dict[str, list[str]] = {}
+    for run in runs:
+        groups.setdefault(str(value(run)), []).append(run.name)
+    return "; ".join(f"{v} in {_runs_phrase(names)}" for v, names in groups.items())
+
+
+def _launch_folder(run_dir: Path, top: Path) -> Path:
+    """The sweep dir a job was launched into: the nearest folder above it holding Hydra's
+    ``multirun.yaml`` (jobs may be nested below it), else the job's own parent."""
+    for folder in run_dir.parents:
+        if (folder / "multirun.yaml").is_file():
+            return folder
+        if folder == top or top not in folder.parents:
+            break
+    return run_dir.parent
+
+
+def experiment_mismatch(runs: Sequence[Run]) -> list[str]:
+    """Why these runs are not one experiment, one line per key (empty when they are).
+
+    Two signs: a key of :data:`EXPERIMENT_KEYS` (model family, data source, budget, ...) that
+    differs while not every run's command line set it or its group (``model=...`` sets
+    ``model._target_``); and a swept knob that is constant within each launch folder but differs
+    between them (two sweeps at different budgets analysed together; a launch folder is the
+    nearest one holding Hydra's ``multirun.yaml``).
+    """
+    lines = []
+    for key in EXPERIMENT_KEYS:
+        values = {str(run.config_value(key)) for run in runs if run.config_value(key) is not None}
+        set_by_all = all(any(key == o or key.startswith(f"{o}.") for o in run.overrides)
+                         for run in runs)
+        if len(values) > 1 and not set_by_all:
+            lines.append(f"{key} differs and is not a swept axis: "
+                         f"{_by_value(runs, lambda run, k=key: run.config_value(k))}")
+    folders: dict[Path, list[Run]] = {}
+    top = Path(os.path.commonpath([run.path for run in runs]))
+    for run in runs:
+        folders.setdefault(_launch_folder(run.path, top), []).append(run)
+    if len(folders) > 1:
+        for axis in swept_axes(runs):
+            if all(len({run.knob(axis) for run in group}) == 1 for group in folders.values()):
+                lines.append(f"{axis} is constant within each launch folder and differs between "
+                             f"them: {_by_value(runs, lambda run, a=axis: run.knob(a))}")
+    return lines

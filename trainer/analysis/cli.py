@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -57,6 +58,10 @@ def analyze_sweep_main(argv: Sequence[str] | None = None) -> int:
         print(f"\n{len(result.not_completed)} run(s) not completed:")
         for line in result.not_completed:
             print(f"  {line}")
+    for line in result.notes:
+        print(f"\nnote: {line}")
+    for line in result.warnings:  # again under the tables, where the reader's eye ends
+        print(f"warning: {line}", file=sys.stderr)
     return 0
 
 

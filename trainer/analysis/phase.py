@@ -14,7 +14,8 @@ from matplotlib.figure import Figure
 
 from trainer.analysis.axes import axis_values, swept_axes
 from trainer.analysis.plots import PNG_METADATA
-from trainer.analysis.runs import Run
+from trainer.analysis.runs import Run, budget_tokens
+from trainer.analysis.stats import INTERVAL, Estimate, estimate, repeats_phrase
 
 
 @dataclass
@@ -23,7 +24,8 @@ class PhaseGrid:
 
     Arrays are indexed ``[y, x]``. Only completed runs count: a failed run's last values describe
     where it crashed, not where the knobs lead. Tokens-to-jump averages the runs that jumped;
-    ``n_jumped`` against ``n_completed`` says how many did.
+    ``n_jumped`` against ``n_completed`` says how many did. ``metric_est`` and ``tokens_est`` hold
+    each cell's mean with its 95% interval and n.
     """
 
     x: str | None
@@ -35,6 +37,8 @@ class PhaseGrid:
     n_runs: np.ndarray
     n_completed: np.ndarray
     n_jumped: np.ndarray
+    metric_est: list[list[Estimate]]
+    tokens_est: list[list[Estimate]]
 
 
 def phase_grid(runs: Sequence[Run], metric: str, x: str | None, y: str | None) -> PhaseGrid:
@@ -55,19 +59,24 @@ def phase_grid(runs: Sequence[Run], metric: str, x: str | None, y: str | None) -
         if (jump := run.tokens_to_jump(metric)) is not None:
             tokens[i][j].append(jump)
 
-    def mean(cells: list[list[list[float]]]) -> np.ndarray:
-        return np.array([[np.mean(c) if c else np.nan for c in row] for row in cells], dtype=float)
+    metric_est = [[estimate(c) for c in row] for row in finals]
+    tokens_est = [[estimate(c) for c in row] for row in tokens]
+
+    def mean(cells: list[list[Estimate]]) -> np.ndarray:
+        return np.array([[e.mean for e in row] for row in cells], dtype=float)
 
     return PhaseGrid(
         x=x,
         y=y,
         x_values=x_values,
         y_values=y_values,
-        metric=mean(finals),
-        tokens_to_jump=mean(tokens),
+        metric=mean(metric_est),
+        tokens_to_jump=mean(tokens_est),
         n_runs=n_runs,
         n_completed=n_completed,
         n_jumped=np.array([[len(c) for c in row] for row in tokens], dtype=int),
+        metric_est=metric_est,
+        tokens_est=tokens_est,
     )
 
 
@@ -78,21 +87,32 @@ def format_tokens(tokens: float) -> str:
     return f"{tokens:.0f}"
 
 
-def _cell_labels(grid: PhaseGrid, values: np.ndarray, tokens: bool) -> np.ndarray:
-    """What each cell says: its value, why it has none, and for jumps how many seeds jumped."""
-    labels = np.empty(values.shape, dtype=object)
-    for (i, j), value in np.ndenumerate(values):
+def _cell_labels(grid: PhaseGrid, tokens: bool) -> np.ndarray:
+    """What each cell says: its mean, 95% interval and n, why it has none, and for jumps how many
+    runs jumped."""
+    estimates = grid.tokens_est if tokens else grid.metric_est
+    fmt = format_tokens if tokens else (lambda v: f"{v:.3g}")
+    labels = np.empty(grid.metric.shape, dtype=object)
+    for (i, j), _ in np.ndenumerate(labels):
+        cell = estimates[i][j]
         if grid.n_completed[i, j] == 0:
             labels[i, j] = "none completed" if grid.n_runs[i, j] else ""
-        elif math.isnan(value):
+        elif cell.n == 0:
             labels[i, j] = "no jump" if tokens else "n/a"
-        elif tokens:
-            labels[i, j] = format_tokens(value)
-            if grid.n_jumped[i, j] < grid.n_completed[i, j]:
-                labels[i, j] += f"\n({grid.n_jumped[i, j]}/{grid.n_completed[i, j]} runs)"
         else:
-            labels[i, j] = f"{value:.3g}"
+            labels[i, j] = cell.text(fmt, sep="\n")
+            if tokens and grid.n_jumped[i, j] < grid.n_completed[i, j]:
+                labels[i, j] += f" of {grid.n_completed[i, j]} runs"
     return labels
+
+
+def no_jump_note(ax: Axes, runs: Sequence[Run]) -> None:
+    """An empty tokens-to-jump panel says why it is empty, and within how many tokens."""
+    budget = budget_tokens(runs)
+    within = f" within {format_tokens(budget)} tokens" if budget else ""
+    ax.text(0.5, 0.5, f"no jump detected{within}", transform=ax.transAxes, ha="center",
+            va="center", fontsize=11, color="0.3",
+            bbox={"facecolor": "white", "edgecolor": "0.7", "alpha": 0.9})
 
 
 def _heatmap(ax: Axes, grid: PhaseGrid, values: np.ndarray, labels: np.ndarray, cmap: str) -> None:
@@ -138,76 +158,70 @@ def _positions(values: Sequence[str]) -> tuple[list[float], bool]:
     return numbers, positive and max(numbers) / min(numbers) >= 100
 
 
-def _phase_lines(fig: Figure, runs: Sequence[Run], metric: str, grid: PhaseGrid) -> None:
-    """The one-axis phase diagram: every completed run as a dot, the seed mean as a line."""
+def _phase_lines(fig: Figure, runs: Sequence[Run], metric: str, grid: PhaseGrid,
+                 unit: str) -> None:
+    """The one-axis phase diagram: every completed run as a dot, the mean as a line with its 95%
+    interval as error bars (none where a point has a single run)."""
     positions, log_scale = _positions(grid.x_values)
     at = dict(zip(grid.x_values, positions))
     completed = [run for run in runs if run.completed]
     panels = (
-        (
-            metric,
-            [(at[r.knob(grid.x)], r.final(metric)) for r in completed],
-            grid.metric[0],
-            lambda v: f"{v:.3g}",
-        ),
-        (
-            f"tokens to first jump of {metric}",
-            [
-                (at[r.knob(grid.x)], r.tokens_to_jump(metric))
-                for r in completed
-                if r.tokens_to_jump(metric) is not None
-            ],
-            grid.tokens_to_jump[0],
-            format_tokens,
-        ),
+        (metric, [(at[r.knob(grid.x)], r.final(metric)) for r in completed], grid.metric_est[0],
+         lambda v: f"{v:.3g}"),
+        (f"tokens to first jump of {metric}",
+         [(at[r.knob(grid.x)], jump) for r in completed
+          if (jump := r.tokens_to_jump(metric)) is not None],
+         grid.tokens_est[0], format_tokens),
     )
-    for ax, (title, points, means, fmt) in zip(fig.subplots(1, 2), panels):
+    for ax, (title, points, cells, fmt) in zip(fig.subplots(1, 2), panels):
         if points:
             ax.scatter(*zip(*points), color="0.6", s=14, label="runs")
-        ax.plot(positions, means, marker="o", color="C0", label="mean over seeds")
-        for position, value in zip(positions, means):
-            if math.isfinite(value):
-                ax.annotate(
-                    fmt(value),
-                    (position, value),
-                    textcoords="offset points",
-                    xytext=(0, 6),
-                    ha="center",
-                    fontsize=8,
-                )
+        if any(c.n for c in cells):
+            errors = [[c.mean - c.lo if c.has_interval else 0.0 for c in cells],
+                      [c.hi - c.mean if c.has_interval else 0.0 for c in cells]]
+            ax.errorbar(positions, [c.mean for c in cells], yerr=errors, marker="o", color="C0",
+                        capsize=3, label=f"mean over {repeats_phrase((c.n for c in cells), unit)}"
+                                         f", {INTERVAL}")
+            ax.legend(fontsize=8)
+        for position, cell in zip(positions, cells):
+            if cell.n:
+                ax.annotate(cell.text(fmt), (position, cell.mean), textcoords="offset points",
+                            xytext=(0, 6), ha="center", fontsize=7)
+        if not points and title.startswith("tokens"):
+            no_jump_note(ax, runs)
         if log_scale:
             ax.set_xscale("log")
         ax.set_xticks(positions, labels=grid.x_values)
         ax.set_xlabel(grid.x or "(no swept axis)")
+        ax.set_ylabel(title if title == metric else "tokens")
         ax.set_title(title, fontsize=10)
-        ax.legend(fontsize=8)
 
 
 def plot_phase_diagram(
     runs: Sequence[Run], metric: str, x: str | None, y: str | None, out_png: str | Path
 ) -> PhaseGrid:
     """Heatmaps of the final capability and of tokens-to-jump over two swept axes (a line plot
-    over one), averaged over seeds and over any swept axis that is not shown."""
+    over one), averaged over seeds and over any swept axis that is not shown; every cell with its
+    95% interval and n."""
     grid = phase_grid(runs, metric, x, y)
     hidden = [axis for axis in swept_axes(runs) if axis not in (x, y)]
-    averaged = ", ".join(["seeds", *hidden])
+    # n counts runs; they are seeds only when no other swept axis is averaged into a cell.
+    unit = "runs" if hidden else "seeds"
+    averaged = ", ".join([repeats_phrase(grid.n_completed.ravel(), unit), *hidden])
     fig = Figure(figsize=(12, 5), layout="constrained")
     if y is None:
-        _phase_lines(fig, runs, metric, grid)
+        _phase_lines(fig, runs, metric, grid, unit)
     else:
         metric_ax, tokens_ax = fig.subplots(1, 2)
-        _heatmap(metric_ax, grid, grid.metric, _cell_labels(grid, grid.metric, False), "viridis")
+        _heatmap(metric_ax, grid, grid.metric, _cell_labels(grid, False), "viridis")
         metric_ax.set_title(f"final {metric}", fontsize=10)
-        _heatmap(
-            tokens_ax,
-            grid,
-            grid.tokens_to_jump,
-            _cell_labels(grid, grid.tokens_to_jump, True),
-            "viridis_r",
-        )
+        _heatmap(tokens_ax, grid, grid.tokens_to_jump, _cell_labels(grid, True), "viridis_r")
         tokens_ax.set_title(f"tokens to first jump of {metric}", fontsize=10)
+        if not grid.n_jumped.any():
+            no_jump_note(tokens_ax, runs)
     n_failed = sum(not run.completed for run in runs)
     failed = f" ({n_failed} not completed, left out)" if n_failed else ""
-    fig.suptitle(f"{len(runs)} runs{failed}, mean over {averaged}")
+    fig.suptitle(f"{len(runs)} runs{failed}; each cell: mean over {averaged} "
+                 f"[{INTERVAL}] n")
     fig.savefig(out_png, dpi=100, metadata=PNG_METADATA)
     return grid

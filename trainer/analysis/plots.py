@@ -13,6 +13,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
 
 from trainer.analysis.axes import sort_runs
 from trainer.analysis.runs import AnalysisError, Run, load_run
@@ -33,48 +34,69 @@ def _topology_series(run: Run, metric: str) -> str | None:
     return (jumped or topology or [None])[0]
 
 
+def _cells(runs: Sequence[Run], axes: Sequence[str]) -> list[list[Run]]:
+    """The sweep's runs grouped by their swept knobs (seeds together), in table order."""
+    cells: dict[tuple, list[Run]] = {}
+    for run in sort_runs(runs, axes):
+        cells.setdefault(tuple(run.knob(axis) for axis in axes), []).append(run)
+    return list(cells.values())
+
+
 def plot_runs(runs: Sequence[Run], metric: str, axes: Sequence[str], out_png: str | Path) -> None:
-    """One panel per run: the capability (left axis, solid jump lines) and one topology series
-    (right axis, dashed jump lines), so the order of the two jumps reads off each panel."""
-    ordered = sort_runs(runs, axes)
-    n_columns = min(4, len(ordered))
-    n_rows = math.ceil(len(ordered) / n_columns)
-    fig = Figure(figsize=(4.2 * n_columns, 3.0 * n_rows), layout="constrained")
-    panels = fig.subplots(n_rows, n_columns, squeeze=False, sharey=True).ravel()
-    for ax, run in zip(panels, ordered):
-        knobs = ", ".join(f"{axis}={run.knob(axis)}" for axis in axes)
-        seed = run.overrides.get("seed")
-        title = f"{run.name}: {knobs}" + (f" seed={seed}" if seed else "")
-        ax.set_title(textwrap.fill(title, 50), fontsize=8)
-        ax.set_xlabel("step", fontsize=8)
-        if not run.completed:
-            ax.text(
-                0.5,
-                0.5,
-                textwrap.fill(f"{run.status}: {run.error}", 40),
-                transform=ax.transAxes,
-                ha="center",
-                va="center",
-                fontsize=8,
-                color="C3",
-            )
-        if metric in run.series:
-            ax.plot(*run.series[metric], color="C0", label=metric)
-        for step in run.jump_steps(metric):
-            ax.axvline(step, color="C0", linewidth=1.2)
-        topology = _topology_series(run, metric)
-        if topology in run.series:
-            twin = ax.twinx()
-            twin.plot(*run.series[topology], color="C1", linewidth=1.0, label=topology)
-            for step in run.jump_steps(topology):
-                twin.axvline(step, color="C1", linewidth=1.0, linestyle="--")
-            twin.tick_params(labelsize=7, colors="C1")
-            twin.set_ylabel(topology, fontsize=7, color="C1")
-        ax.set_ylabel(metric, fontsize=7, color="C0")
+    """One panel per cell of the swept axes: each seed's capability curve with solid lines at its
+    flagged jumps, and dashed lines at the jumps of the topology series that led it (named in the
+    title), all in the seed's colour: the order of the two jumps reads off each panel and the
+    seeds' spread is in view. A panel per cell rather than per run keeps a 200-run sweep one
+    readable figure, drawn in seconds."""
+    cells = _cells(runs, axes)
+    n_columns = min(4, len(cells))
+    n_rows = math.ceil(len(cells) / n_columns)
+    width, height = max(4.2 * n_columns, 10.0), 3.0 * n_rows + 1.0
+    fig = Figure(figsize=(width, height))
+    # Fixed margins rather than a layout engine: measuring every tick label of many axes to place
+    # them took most of the time on big sweeps.
+    fig.subplots_adjust(left=0.7 / width, right=1 - 0.2 / width, bottom=0.6 / height,
+                        top=1 - 1.0 / height, wspace=0.15, hspace=0.5)
+    panels = fig.subplots(n_rows, n_columns, squeeze=False, sharex=True, sharey=True).ravel()
+    seed_colors: dict[str, str] = {}
+    for ax, cell in zip(panels, cells):
+        knobs = ", ".join(f"{axis}={cell[0].knob(axis)}" for axis in axes) or "all runs"
+        topology = _topology_series(cell[0], metric)
+        lines = f"; dashed: {topology}" if topology else ""
+        ax.set_title(textwrap.fill(f"{knobs} (n={len(cell)}){lines}", 64), fontsize=7)
+        failed = [f"{run.name}: {run.status}: {run.error}" for run in cell if not run.completed]
+        if failed:
+            ax.text(0.5, 0.5, textwrap.fill("; ".join(failed), 50), transform=ax.transAxes,
+                    ha="center", va="center", fontsize=7, color="C3")
+        jumps: list[tuple[int, str, str]] = []
+        for run in cell:
+            seed = run.overrides.get("seed", run.name if len(cell) > 1 else "")
+            color = seed_colors.setdefault(seed, f"C{len(seed_colors) % 10}")
+            if metric in run.series:
+                ax.plot(*run.series[metric], color=color, linewidth=1.2)
+            jumps += [(step, color, "solid") for step in run.jump_steps(metric)]
+            if topology:
+                jumps += [(step, color, "dashed") for step in run.jump_steps(topology)]
+        if jumps:  # one collection: an axvline per jump costs seconds on a 200-run sweep
+            steps, colors, styles = zip(*jumps)
+            ax.vlines(steps, 0, 1, transform=ax.get_xaxis_transform(), colors=list(colors),
+                      linestyles=list(styles), linewidth=1.0)
         ax.tick_params(labelsize=7)
-    for ax in panels[len(ordered) :]:
+    for ax in panels[:: n_columns]:
+        ax.set_ylabel(metric, fontsize=7)
+    for ax in panels[len(cells) - n_columns: len(cells)]:  # the lowest panel of each column
+        ax.set_xlabel("step", fontsize=7)
+        ax.tick_params(labelbottom=True)
+    for ax in panels[len(cells) :]:
         ax.set_visible(False)
-    fig.savefig(out_png, dpi=80, metadata=PNG_METADATA)
+    named = {seed: color for seed, color in seed_colors.items() if seed}
+    if named:  # one legend for the figure: a seed has one colour in every panel
+        handles = [Line2D([], [], color=color, label=f"seed {seed}" if seed.isdigit() else seed)
+                   for seed, color in list(named.items())[:10]]
+        fig.legend(handles=handles, loc="upper right", ncol=min(len(handles), 10), fontsize=7,
+                   title="colour = seed; solid lines: capability jumps, dashed: the leading "
+                         "series' jumps", title_fontsize=7)
+    fig.savefig(out_png, dpi=100, metadata=PNG_METADATA)
 
 
 def default_panels(series_names: Iterable[str]) -> list[str]:

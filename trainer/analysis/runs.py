@@ -10,7 +10,7 @@ import csv
 import json
 import math
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,7 +44,7 @@ class Run:
     name: str
     summary: dict
     events: list[dict]
-    series: dict[str, Series]
+    series: Mapping[str, Series]
     overrides: dict[str, str]
 
     @property
@@ -72,8 +72,8 @@ class Run:
         value = (self.summary.get("metrics") or {}).get(name)
         if value is not None:
             return float(value)
-        if name in self.series:
-            return float(self.series[name][1][-1])
+        if name in self.series and len(values := self.series[name][1]):
+            return float(values[-1])
         return math.nan
 
     def jump_steps(self, name: str) -> list[int]:
@@ -104,10 +104,27 @@ class Run:
         lead = first_lead(entries[0]) if entries else None
         return None if lead is None else (lead["series"], lead["lead_steps"])
 
+    def config_value(self, key: str):
+        """A dotted key of the run's resolved config (summary.json's copy); None when absent."""
+        node = self.summary.get("config") or {}
+        for part in key.split("."):
+            if not isinstance(node, dict) or part not in node:
+                return None
+            node = node[part]
+        return node
+
     def knob(self, key: str | None) -> str:
         if key is None:
             return ALL_RUNS
         return self.overrides.get(key, DEFAULT_VALUE)
+
+
+def budget_tokens(runs: Sequence[Run]) -> int | None:
+    """The token budget the runs trained for (the largest when they differ): what "no jump
+    detected within N tokens" counts."""
+    budgets = [run.summary.get("budget_tokens") or run.summary.get("tokens_seen") for run in runs]
+    budgets = [int(b) for b in budgets if b]
+    return max(budgets) if budgets else None
 
 
 def parse_overrides(overrides: Iterable[str]) -> dict[str, str]:
@@ -123,34 +140,73 @@ def parse_overrides(overrides: Iterable[str]) -> dict[str, str]:
     return parsed
 
 
-def load_series(csv_path: str | Path) -> dict[str, Series]:
-    """Every column of a Lightning CSVLogger file as ``name -> (steps, values)``.
+class CsvSeries(Mapping):
+    """Every column of a Lightning CSVLogger file as ``name -> (steps, values)``, read on first
+    use and each column parsed only when asked for: a sweep's tables need one or two series of
+    the dozens a run logs, and a 200-run sweep should not parse all of them.
 
     Rows are sparse (a series is logged only at some steps), so each series keeps only its own
     cells. A step logged twice (a resumed run re-logs from its checkpoint) keeps the later value.
+    The names are the CSV's columns: the logger writes a column only for a series it logged.
     """
-    csv_path = Path(csv_path)
-    with csv_path.open(newline="") as f:
-        reader = csv.DictReader(f)
-        if not reader.fieldnames or "step" not in reader.fieldnames:
-            raise AnalysisError(
-                f"{csv_path} has no 'step' column; is it a Lightning CSVLogger file?"
-            )
-        by_step: dict[str, dict[int, float]] = {n: {} for n in reader.fieldnames if n != "step"}
-        for line_number, row in enumerate(reader, start=2):
-            try:
-                step = int(float(row["step"]))
-                for name, cell in row.items():
-                    if name in by_step and cell not in ("", None):
-                        by_step[name][step] = float(cell)
-            except (TypeError, ValueError) as exc:
-                raise AnalysisError(f"{csv_path}, line {line_number}: {exc}") from exc
-    series = {}
-    for name, points in by_step.items():
-        if points:
+
+    def __init__(self, csv_path: str | Path) -> None:
+        self.path = Path(csv_path)
+        self._header: list[str] | None = None
+        self._rows: list[list[str]] | None = None
+        self._parsed: dict[str, Series] = {}
+
+    def _names(self) -> list[str]:
+        """The header alone: which series exist is known without reading the rows."""
+        if self._header is None:
+            with self.path.open(newline="") as f:
+                header = next(csv.reader(f), [])
+            if "step" not in header:
+                raise AnalysisError(
+                    f"{self.path} has no 'step' column; is it a Lightning CSVLogger file?"
+                )
+            self._header = header
+        return self._header
+
+    def _read_rows(self) -> list[list[str]]:
+        if self._rows is None:
+            with self.path.open(newline="") as f:
+                self._rows = list(csv.reader(f))[1:]
+        return self._rows
+
+    def __iter__(self) -> Iterator[str]:
+        return (name for name in self._names() if name != "step")
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
+
+    def __contains__(self, name: object) -> bool:
+        return name != "step" and name in self._names()
+
+    def __getitem__(self, name: str) -> Series:
+        if name not in self._parsed:
+            header = self._names()
+            if name == "step" or name not in header:
+                raise KeyError(name)
+            step_at, at = header.index("step"), header.index(name)
+            points: dict[int, float] = {}
+            for line_number, row in enumerate(self._read_rows(), start=2):
+                cell = row[at] if at < len(row) else ""
+                if cell:
+                    try:
+                        points[int(float(row[step_at]))] = float(cell)
+                    except ValueError as exc:
+                        raise AnalysisError(f"{self.path}, line {line_number}: {exc}") from exc
             steps = np.array(sorted(points), dtype=np.int64)
-            series[name] = (steps, np.array([points[s] for s in steps], dtype=float))
-    return series
+            self._parsed[name] = (steps, np.array([points[s] for s in steps], dtype=float))
+        return self._parsed[name]
+
+
+def load_series(csv_path: str | Path) -> dict[str, Series]:
+    """Every column of a Lightning CSVLogger file as ``name -> (steps, values)``, series that
+    logged nothing left out (see :class:`CsvSeries`, which reads them lazily)."""
+    table = CsvSeries(csv_path)
+    return {name: table[name] for name in table if len(table[name][0])}
 
 
 def _metrics_csv(run_dir: Path) -> Path | None:
@@ -204,7 +260,7 @@ def load_run(run_dir: str | Path, name: str | None = None) -> Run:
         name=name or run_dir.name,
         summary=summary,
         events=_read_events(run_dir, summary),
-        series=load_series(metrics_csv) if metrics_csv else {},
+        series=CsvSeries(metrics_csv) if metrics_csv else {},
         overrides=parse_overrides(overrides),
     )
 

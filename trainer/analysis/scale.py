@@ -25,6 +25,7 @@ from trainer.analysis.axes import axis_values, swept_axes
 from trainer.analysis.phase import format_tokens
 from trainer.analysis.plots import PNG_METADATA
 from trainer.analysis.runs import DEFAULT_VALUE, Run
+from trainer.analysis.stats import INTERVAL, Estimate, estimate, repeats_phrase
 
 # Summary facts that measure a model, in the order they are preferred as its size.
 SIZE_MEASURES = ("n_params", "flops_per_token")
@@ -74,9 +75,9 @@ class ScaleGrid:
         return np.array([[statistics.fmean(c.values()) if c else np.nan for c in row]
                          for row in getattr(self, which)])
 
-    def spread(self, which: str) -> np.ndarray:
-        return np.array([[statistics.stdev(c.values()) if len(c) > 1 else 0.0 for c in row]
-                         for row in getattr(self, which)])
+    def estimates(self, which: str) -> list[list[Estimate]]:
+        """Each cell's mean with its 95% interval and n."""
+        return [[estimate(c.values()) for c in row] for row in getattr(self, which)]
 
 
 def tokens_to_level(run: Run, metric: str, level: float) -> float | None:
@@ -163,26 +164,27 @@ def _paired(a: dict[str, float], b: dict[str, float]) -> list[float]:
     return [b[seed] - a[seed] for seed in a if seed in b]
 
 
-def _summary(deltas: Sequence[float]) -> tuple[float, float, int]:
-    if not deltas:
-        return math.nan, math.nan, 0
-    spread = statistics.stdev(deltas) if len(deltas) > 1 else math.nan
-    return statistics.fmean(deltas), spread, len(deltas)
+def _step_rows(axis: str, values: list[str], k: int, at: str, deltas: dict[str, list[float]]) -> dict:
+    row = _effect_row(axis, f"{values[k]} -> {values[k + 1]}", at, deltas)
+    row.update({"from": values[k], "to": values[k + 1]})
+    return row
 
 
 EFFECT_COLUMNS = ["axis", "step", "at"] + [
     f"{prefix}{column}{suffix}" for _, column, _ in OUTCOMES
-    for prefix, suffix in (("d_", ""), ("d_", "_sd"), ("n_", ""))
+    for prefix, suffix in (("d_", ""), ("d_", "_lo"), ("d_", "_hi"), ("n_", ""),
+                           ("d_", "_excludes_0"))
 ]
 
 
 def axis_effects(grid: ScaleGrid) -> list[dict]:
-    """One row per step on each axis at each level of the other, then one row per axis over all its
-    steps: the change of each outcome (final capability, tokens to the first jump, tokens to the
-    level), mean and standard deviation over seeds of the seed-paired differences, and how many
-    seeds paired (a run without a jump or that never reached the level pairs with nothing).
+    """One row per step on each axis at each level of the other and averaged over them, then one
+    row per axis over all its steps: the change of each outcome (final capability, tokens to the
+    first jump, tokens to the level) as the mean of the seed-paired differences, its 95%
+    t-interval over seeds, whether that excludes 0, and how many seeds paired (a run without a
+    jump or that never reached the level pairs with nothing).
 
-    The per-axis row averages each seed's steps first, so its spread is a spread over seeds, not
+    Averaged rows average each seed's differences first, so their interval is over seeds, not
     over the grid: comparable between the two axes.
     """
     rows = []
@@ -190,8 +192,10 @@ def axis_effects(grid: ScaleGrid) -> list[dict]:
         along_size = axis == grid.size
         values = grid.size_values if along_size else grid.other_values
         levels = grid.other_values if along_size else grid.size_values
+        other = grid.other if along_size else grid.size
         per_seed: dict[str, dict[str, list[float]]] = {which: {} for which, _, _ in OUTCOMES}
         for k in range(len(values) - 1):
+            step_per_seed: dict[str, dict[str, list[float]]] = {w: {} for w, _, _ in OUTCOMES}
             for level_index, level in enumerate(levels):
                 deltas = {}
                 for which, _, _ in OUTCOMES:
@@ -201,9 +205,12 @@ def axis_effects(grid: ScaleGrid) -> list[dict]:
                     deltas[which] = _paired(a, b)
                     for seed in (seed for seed in a if seed in b):
                         per_seed[which].setdefault(seed, []).append(b[seed] - a[seed])
-                rows.append(_effect_row(axis, f"{values[k]} -> {values[k + 1]}",
-                                        f"{grid.other if along_size else grid.size}={level}",
-                                        deltas))
+                        step_per_seed[which].setdefault(seed, []).append(b[seed] - a[seed])
+                rows.append(_step_rows(axis, values, k, f"{other}={level}", deltas))
+            if len(levels) > 1:
+                rows.append(_step_rows(axis, values, k, f"mean over {other}",
+                                       {which: [statistics.fmean(v) for v in seeds.values()]
+                                        for which, seeds in step_per_seed.items()}))
         rows.append(_effect_row(axis, "mean of one step", "all levels",
                                 {which: [statistics.fmean(v) for v in seeds.values()]
                                  for which, seeds in per_seed.items()}))
@@ -211,6 +218,43 @@ def axis_effects(grid: ScaleGrid) -> list[dict]:
                                 {which: _ranges(getattr(grid, which), along_size)
                                  for which, _, _ in OUTCOMES}))
     return rows
+
+
+def effects_json(effects: Sequence[dict], metric: str) -> list[dict]:
+    """``axis_effects.json``: every step of the capability with a seed pair, as
+    ``{"axis", "from", "to", "at", "metric", "mean", "ci_lo", "ci_hi", "n", "excludes_0"}``
+    (``ci_lo``/``ci_hi`` null for a single pair)."""
+
+    def number(value: float) -> float | None:
+        return None if math.isnan(value) else float(value)
+
+    return [
+        {"axis": row["axis"], "from": row["from"], "to": row["to"], "at": row["at"],
+         "metric": metric, "mean": float(row["d_capability"]),
+         "ci_lo": number(row["d_capability_lo"]), "ci_hi": number(row["d_capability_hi"]),
+         "n": int(row["n_capability"]), "excludes_0": row["d_capability_excludes_0"]}
+        for row in effects if "from" in row and row["n_capability"] > 0
+    ]
+
+
+def effects_text(effects: Sequence[dict]) -> tuple[list[str], list[dict]]:
+    """The effect table for reading: one cell per outcome, ``mean [lo, hi] n=k``, and a note
+    when the interval excludes 0."""
+    columns = ["axis", "step", "at"] + [column for _, column, _ in OUTCOMES]
+    rows = []
+    for row in effects:
+        text = {key: row[key] for key in ("axis", "step", "at")}
+        for _, column, _ in OUTCOMES:
+            fmt = (lambda v: f"{v:+.3g}") if column == "capability" else _signed_tokens
+            cell = Estimate(row[f"d_{column}"], row[f"d_{column}_lo"], row[f"d_{column}_hi"],
+                            row[f"n_{column}"])
+            text[column] = cell.text(fmt) + (", excludes 0" if cell.excludes_zero else "")
+        rows.append(text)
+    return columns, rows
+
+
+def _signed_tokens(value: float) -> str:
+    return ("+" if value > 0 else "-" if value < 0 else "") + format_tokens(abs(value))
 
 
 def _ranges(cells: list[list[dict[str, float]]], along_size: bool) -> list[float]:
@@ -230,15 +274,17 @@ def _ranges(cells: list[list[dict[str, float]]], along_size: bool) -> list[float
 def _effect_row(axis: str, step: str, at: str, deltas: dict[str, list[float]]) -> dict:
     row: dict = {"axis": axis, "step": step, "at": at}
     for which, column, _ in OUTCOMES:
-        mean, sd, n = _summary(deltas[which])
-        row.update({f"d_{column}": mean, f"d_{column}_sd": sd, f"n_{column}": n})
+        cell = estimate(deltas[which])
+        row.update({f"d_{column}": cell.mean, f"d_{column}_lo": cell.lo,
+                    f"d_{column}_hi": cell.hi, f"n_{column}": cell.n,
+                    f"d_{column}_excludes_0": cell.excludes_zero})
     return row
 
 
 def size_to_reach(grid: ScaleGrid) -> list[dict]:
     """At each level of the other axis, the smallest size whose seed-mean final capability reaches
     the grid's level: how much model each amount of diversity needs (blank where no size does)."""
-    level, means = grid.level, grid.mean("finals")
+    level, means, cells = grid.level, grid.mean("finals"), grid.estimates("finals")
     rows = []
     for i, other in enumerate(grid.other_values):
         reached = [j for j in range(len(grid.size_values)) if means[i, j] >= level]
@@ -249,7 +295,7 @@ def size_to_reach(grid: ScaleGrid) -> list[dict]:
             f"smallest {grid.size}": None if j is None else grid.size_values[j],
             grid.measure if grid.measure != grid.size else "position":
                 None if j is None else grid.position[i, j],
-            "capability there": None if j is None else means[i, j],
+            "capability there": None if j is None else cells[i][j].text(),
             "best capability": float(np.nanmax(means[i])) if np.isfinite(means[i]).any()
             else None,
         })
@@ -266,8 +312,7 @@ def measured_diversity(runs: Sequence[Run], axis: str) -> list[dict]:
         at_level = [run for run in runs if run.knob(axis) == value and run.completed]
         row: dict = {f"{axis} (configured)": value, "runs": len(at_level)}
         for name in names:
-            measured = [run.final(name) for run in at_level if not math.isnan(run.final(name))]
-            row[name] = statistics.fmean(measured) if measured else None
+            row[name] = estimate(run.final(name) for run in at_level).text() or None
         rows.append(row)
     return rows if names else []
 
@@ -275,13 +320,14 @@ def measured_diversity(runs: Sequence[Run], axis: str) -> list[dict]:
 # --- the figure --------------------------------------------------------------------------------
 
 
-def _lines(ax: Axes, grid: ScaleGrid, which: str, along_size: bool) -> bool:
-    """Mean over seeds with a +-1 sd error bar, one line per level of the axis not on x; each
-    seed's run as a small dot so the spread is visible even with two seeds. For the times, a cell
-    where some runs never jumped (or never reached the level) says how many did. Returns whether
+def _lines(ax: Axes, grid: ScaleGrid, which: str, along_size: bool, empty: str) -> bool:
+    """Mean over seeds with its 95% interval as error bar (none for a single seed), one line per
+    level of the axis not on x; each seed's run as a small dot so the spread is visible even with
+    two seeds. For the times, a cell where some runs never jumped (or never reached the level)
+    says how many did. ``empty``: what the panel says when no run has a value. Returns whether
     any run had a value to draw."""
     cells = getattr(grid, which)
-    means, spreads = grid.mean(which), grid.spread(which)
+    estimates = grid.estimates(which)
     n_lines = len(grid.other_values) if along_size else len(grid.size_values)
     n_points = len(grid.size_values) if along_size else len(grid.other_values)
     other_positions = range(len(grid.other_values))  # evenly spaced: levels like 1, 16, 0 (fresh)
@@ -291,11 +337,16 @@ def _lines(ax: Axes, grid: ScaleGrid, which: str, along_size: bool) -> bool:
         color = f"C{line % 10}"
         label = (f"{grid.other}={grid.other_values[line]}" if along_size
                  else f"{grid.size}={grid.size_values[line]}")
-        ax.errorbar(x, [means[i, j] for i, j in index], yerr=[spreads[i, j] for i, j in index],
-                    color=color, marker="o", capsize=3, label=label)
+        points = [estimates[i][j] for i, j in index]
+        errors = [[c.mean - c.lo if c.has_interval else 0.0 for c in points],
+                  [c.hi - c.mean if c.has_interval else 0.0 for c in points]]
+        ax.errorbar(x, [c.mean for c in points], yerr=errors, color=color, marker="o", capsize=3,
+                    label=label)
+        dots = [(position, value) for (i, j), position in zip(index, x)
+                for value in cells[i][j].values()]
+        if dots:  # one artist per line: a plot call per run costs seconds on a big sweep
+            ax.plot(*zip(*dots), ".", color=color, alpha=0.45, markersize=5)
         for (i, j), position in zip(index, x):
-            for value in cells[i][j].values():
-                ax.plot(position, value, ".", color=color, alpha=0.45, markersize=5)
             n_missing = grid.n_completed[i, j] - len(cells[i][j])
             if which != "finals" and n_missing > 0 and any(map(len, sum(cells, []))):
                 ax.annotate(f"{len(cells[i][j])}/{grid.n_completed[i, j]}", (position, 0),
@@ -321,8 +372,8 @@ def _lines(ax: Axes, grid: ScaleGrid, which: str, along_size: bool) -> bool:
     ax.legend(fontsize=7)
     if any(map(len, sum(cells, []))):
         return True
-    ax.text(0.5, 0.5, "no run has one", transform=ax.transAxes, ha="center", va="center",
-            fontsize=10, color="0.4")
+    ax.text(0.5, 0.5, empty, transform=ax.transAxes, ha="center", va="center", fontsize=10,
+            color="0.3", wrap=True)
     ax.set_yticks([])
     return False
 
@@ -334,19 +385,26 @@ def _numeric(values: Sequence[str]) -> list[float]:
         return [float(i) for i in range(len(values))]
 
 
-def plot_scale(grid: ScaleGrid, metric: str, out_png: str | Path) -> None:
+def plot_scale(grid: ScaleGrid, metric: str, out_png: str | Path,
+               budget: int | None = None) -> None:
     """Six panels: final capability, tokens to the first flagged jump and tokens to the level,
     against the size axis (a line per level of the other axis) and against the other axis (a line
-    per size). Time panels count, under each point, the runs that have the time (k/n)."""
+    per size). Time panels count, under each point, the runs that have the time (k/n); an empty
+    one says that nothing happened within ``budget`` tokens."""
+    within = f" within {format_tokens(budget)} tokens" if budget else ""
+    empty = {"finals": "no run has one", "tokens": f"no jump detected{within}",
+             "reach": f"no run reached {grid.level:.3g}{within}"}
     fig = Figure(figsize=(17, 9), layout="constrained")
     panels = fig.subplots(2, 3)
     for row, along_size in enumerate((True, False)):
         for column, (which, _, title) in enumerate(OUTCOMES):
             ax = panels[row, column]
-            drawn = _lines(ax, grid, which, along_size)
+            drawn = _lines(ax, grid, which, along_size, empty[which])
             ax.set_title(title.format(metric=metric, level=grid.level), fontsize=10)
+            ax.set_ylabel(metric if which == "finals" else "tokens", fontsize=9)
             if which != "finals" and drawn:
                 ax.yaxis.set_major_formatter(lambda value, _: format_tokens(value))
-    fig.suptitle(f"{grid.size} x {grid.other}: mean over seeds, bars +-1 sd, dots = runs "
-                 f"({int(grid.n_completed.sum())} completed runs)", fontsize=11)
+    seeds = repeats_phrase(len(c) for row in grid.finals for c in row)
+    fig.suptitle(f"{grid.size} x {grid.other}: mean over {seeds}, bars {INTERVAL} (none for one "
+                 f"seed), dots = runs ({int(grid.n_completed.sum())} completed runs)", fontsize=11)
     fig.savefig(out_png, dpi=90, metadata=PNG_METADATA)

@@ -11,7 +11,9 @@ from pathlib import Path
 import numpy as np
 
 from trainer.analysis.axes import available_metrics, sort_runs
+from trainer.analysis.phase import format_tokens
 from trainer.analysis.runs import SEED_KEYS, Run
+from trainer.analysis.stats import INTERVAL, estimate
 
 
 def runs_table(
@@ -55,6 +57,62 @@ def runs_table(
         row["error"] = run.error
         rows.append(row)
     return columns, rows
+
+
+def cells_table(runs: Sequence[Run], metric: str, axes: Sequence[str], columns: Sequence[str],
+                rows: Sequence[dict]) -> tuple[list[str], list[dict], list[dict]]:
+    """One row per cell of the swept axes (seeds pooled), from the table of runs ``columns`` /
+    ``rows``: completed runs, and for the capability, its log-probability, the training loss and
+    tokens-to-jump the mean, 95% interval and n over the cell's completed runs.
+
+    Returns the columns to read, the rows as text (``0.53 [0.41, 0.65] n=3``) and as numbers
+    (``<outcome>``, ``<outcome> lo``, ``<outcome> hi``, ``<outcome> n``, in column order) for
+    the CSV.
+    """
+    outcomes = [c for c in columns if c == metric or c.endswith("/logprob") or c == "train/loss"]
+    outcomes.append("tokens_to_jump")
+    cells: dict[tuple, list[dict]] = {}
+    for row in rows:
+        cells.setdefault(tuple(row[axis] for axis in axes), []).append(row)
+    text_rows, number_rows = [], []
+    for key, members in cells.items():
+        completed = [row for row in members if row["status"] == "completed"]
+        text = dict(zip(axes, key))
+        text["runs"] = f"{len(completed)}/{len(members)}"
+        numbers = dict(text)
+        for outcome in outcomes:
+            cell = estimate(row[outcome] for row in completed if not _is_blank(row[outcome]))
+            numbers.update({outcome: cell.mean, f"{outcome} lo": cell.lo,
+                            f"{outcome} hi": cell.hi, f"{outcome} n": cell.n})
+            text[outcome] = cell.text(format_tokens if outcome == "tokens_to_jump"
+                                      else (lambda v: f"{v:.3g}"))
+        text_rows.append(text)
+        number_rows.append(numbers)
+    return [*axes, "runs", *outcomes], text_rows, number_rows
+
+
+# What every column of the tables means: printed once, under the tables, in the report.
+GLOSSARY = {
+    "run": "the job folder, relative to the sweep dir",
+    "status": "completed; failed; incomplete (no summary.json: killed, or still running)",
+    "seed": "the run's seed (runs differing only in it are repeats of one cell)",
+    "runs": "completed runs in the cell / all its runs; only completed runs enter the statistics",
+    "final": "the series' last value (summary.json's, else the last logged)",
+    "tokens_to_jump": "tokens seen when the jump detector flagged the capability's first jump; "
+                      "blank: no jump flagged (a cell's n counts only the runs that jumped)",
+    "n_jumps": "events the jump detector flagged in the run, every series",
+    "lead_series": "the series whose move led the capability's first jump",
+    "lead_steps": "how many steps it led by (capability onset - its onset)",
+    "data/*": "final data statistics measured by the data meter",
+    "error": "the first line of a failed run's error",
+    "mean [lo, hi] n=k": f"the mean over k runs with its {INTERVAL} (Student's t); "
+                         "n=1: no interval, shown as such",
+    "step, at": "axis effects: one step along the axis (from -> to), at a level of the other "
+                "axis or averaged over its levels",
+    "capability, tokens_to_jump, tokens_to_level": "axis effects: mean of the seed-paired "
+                                                   "differences (to - from), 95% interval, n pairs; "
+                                                   "'excludes 0' where the interval does",
+}
 
 
 def _is_blank(value) -> bool:
