@@ -92,6 +92,12 @@ def describe_vocabulary(sampler: Any) -> dict[str, Any]:
         names = [str(i) for i in range(sampler.p)] + [symbol, "="]
         return {"kind": "symbols", "task": "modular_arithmetic", "vocab_size": vocab_size,
                 "names": names, "layout": f"a {symbol} b = c (mod {sampler.p})"}
+    if task == "Composition":
+        names = ([f"e{i}" for i in range(sampler.entities)]
+                 + [f"r{i}" for i in range(sampler.relations)] + ["<pad>"])
+        return {"kind": "symbols", "task": "composition", "vocab_size": vocab_size, "names": names,
+                "layout": "e<h> r<r> <pad> -> e<t> (atomic fact); e<h> r<r1> r<r2> -> e<t2> "
+                          "(two-hop fact): the answer follows the last relation"}
     return {"kind": "ids", "task": task, "vocab_size": vocab_size}
 
 
