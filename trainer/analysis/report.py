@@ -23,6 +23,7 @@ from trainer.analysis.scale import (
     size_to_reach,
 )
 from trainer.analysis.tables import runs_table, table_html, table_markdown, write_table_csv
+from trainer.analysis.transitions import write_transition_analysis
 
 _REPORT_STYLE = """
 body { font-family: sans-serif; margin: 2em; color: #222; }
@@ -79,11 +80,15 @@ class SweepAnalysis:
     scale_csv: Path | None = None
     scale_md: Path | None = None
     scale_markdown: str = ""
+    # Earlier or sharper: the capability's transition midpoint and width per cell.
+    transitions_plot: Path | None = None
+    transitions_markdown: str = ""
     # "name: status (why)" for every run that did not complete, so a killed job is seen, not lost.
     not_completed: list[str] = field(default_factory=list)
 
     def paths(self) -> list[Path]:
-        scale = [p for p in (self.scale_plot, self.scale_csv, self.scale_md) if p is not None]
+        scale = [p for p in (self.scale_plot, self.scale_csv, self.scale_md, self.transitions_plot)
+                 if p is not None]
         return [self.phase_diagram, self.runs_plot, self.table_csv, self.table_md, *scale,
                 self.report]
 
@@ -139,6 +144,10 @@ def analyze_sweep(
     result.table_md.write_text(result.markdown)
     images = [("Phase diagram", result.phase_diagram), ("Runs", result.runs_plot)]
     tables = [("Runs", table_html(columns, rows))]
+    result.transitions_plot, result.transitions_markdown, transitions_html = write_transition_analysis(
+        out_dir, runs, metric, axes, x, y)
+    images.append((f"{metric}: earlier or sharper? (transition midpoint and width)", result.transitions_plot))
+    tables.append((f"{metric}: transitions per cell (mean, sd over seeds)", transitions_html))
     if y is not None:
         size, other = scale_axes(x, y)
         tables = _write_scale(result, runs, metric, size, other, level, out_dir) + tables
