@@ -260,24 +260,26 @@ def _rises(fit: _Fit) -> list[dict[str, float]]:
 
 
 def _bootstrap(t: np.ndarray, y: np.ndarray, fit: _Fit, grid: _Grid) -> np.ndarray:
-    """(N_BOOT, rises, 2): midpoint and width of each rise, refitted on wild-bootstrap resamples
-    (all resamples in one batch)."""
+    """(N_BOOT, rises, 2): midpoint and width of each rise (in step order), refitted on
+    wild-bootstrap resamples (all resamples in one batch)."""
     theta = _theta(fit)
     fitted = _curve(t, theta[None, :])[0]
     # Fitted residuals are smaller than the noise, most at the points that pin the fit (the
     # rise's own): each is divided by 1 - its leverage (HC3, as Davidson & Flachaire 2008 use
     # with Rademacher weights). Unscaled, a 41-point logistic's nominal 95% intervals covered
     # the true midpoint 82% of the time; scaled, 92% (60 noisy curves, tests/test_transitions).
+    # At most doubled: a term fitted to one or two points (a step-0 transient) has leverage ~1
+    # there, and dividing by ~0 would turn its residual into noise the curve never had.
     jac = _jacobian(t, theta[None, :])[0]
     leverage = np.einsum("ij,ji->i", jac, np.linalg.pinv(jac))
-    residual = (y - fitted) / np.clip(1.0 - leverage, 0.05, 1.0)
+    residual = (y - fitted) / np.clip(1.0 - leverage, 0.5, 1.0)
     signs = np.random.default_rng(SEED).choice((-1.0, 1.0), size=(N_BOOT, len(y)))
     lo, hi = _bounds(grid, len(fit.shapes))
     refits, _ = _levenberg_marquardt(t, fitted + residual * signs, np.tile(theta, (N_BOOT, 1)), lo, hi)
-    out = np.empty((N_BOOT, len(fit.shapes), 2))
-    for b, refit in enumerate(refits):
-        out[b] = [(r["midpoint_step"], 2 * LN9 * r["scale"]) for r in _rises(_fit_of(refit, 0.0))]
-    return out
+    # Each refit starts from the fit's own terms, so term j of a refit is term j of the fit
+    # (sorting each refit by midpoint would swap two terms whenever their midpoints cross).
+    terms = refits[:, 1:].reshape(N_BOOT, -1, 3)[:, np.argsort([m for m, _ in fit.shapes])]
+    return np.stack([terms[:, :, 1], 2 * LN9 * terms[:, :, 2]], axis=2)
 
 
 def fit_transition(steps: Sequence[float], values: Sequence[float], tokens_per_step: int | None = None) -> dict[str, Any]:
