@@ -19,8 +19,9 @@ Per rise: ``onset_step`` and ``end_step`` are where 10% and 90% of the change is
 plateaus either side. Intervals (95%, percentile) come from a wild bootstrap over the residuals:
 each resample keeps the fitted curve and flips the sign of every residual at random (Rademacher
 weights, Wu 1986), which keeps each point's own noise level (binomial noise is smaller on a
-plateau near 1 than mid-rise) and needs no raw probe rows; residuals are leverage-scaled (HC3)
-and the chosen model is refitted from the fitted values. Seeded: the same series gives the same intervals.
+plateau near 1 than mid-rise) and needs no raw probe rows; residuals are leverage-scaled (HC3,
+at most doubled) and the chosen model is refitted from its own parameters, each term keeping its
+identity. Seeded: the same series gives the same intervals.
 
 ``breakthroughness`` is BIG-bench's (Srivastava et al. 2022, App. B): ``I(y) / sqrt(median(
 (y[i+1] - y[i])^2))`` with ``I(y) = sign(argmax y - argmin y) * (max y - min y)``, over the
