@@ -217,7 +217,7 @@ def test_swept_axes_follow_the_command_line_and_exclude_the_seed(sweep):
 def test_report_embeds_the_images_and_links_nowhere(analysis):
     report = (analysis[0] / "report.html").read_text()
     images = re.findall(r"src='data:image/png;base64,([A-Za-z0-9+/=]+)'", report)
-    assert len(images) == 3  # phase diagram, diversity vs scale, runs
+    assert len(images) == 4  # phase diagram, diversity vs scale, runs, transitions
     assert all(base64.b64decode(image).startswith(PNG_MAGIC) for image in images)
     assert "<table>" in report and "batch1/7" in report
     without_images = re.sub(r"data:image/png;base64,[A-Za-z0-9+/=]+", "", report)
@@ -356,4 +356,4 @@ def test_a_wandb_group_is_analysed_like_a_sweep_dir(tmp_path):
     result = analyze_sweep(None, tmp_path / "out", runs=runs, title="wandb group sweep-1")
     rows = (tmp_path / "out" / "runs.csv").read_text().splitlines()
     assert len(rows) == 3 and "2048" in "".join(rows)
-    assert result.report.read_text().count("data:image/png;base64,") == 2
+    assert result.report.read_text().count("data:image/png;base64,") == 3  # + transitions

@@ -92,7 +92,7 @@ def test_the_cli_writes_the_figure_and_prints_the_effect_table(analysed):
         assert str(out_dir / name) in printed
     assert (out_dir / "axis_effects.md").read_text() in printed
     report = (out_dir / "report.html").read_text()
-    assert report.count("data:image/png;base64,") == 3 and "How much one step" in report
+    assert report.count("data:image/png;base64,") == 4 and "How much one step" in report
 
 
 def test_the_model_axis_is_read_as_measured_parameters_in_size_order(sweep):

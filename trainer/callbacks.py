@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from pathlib import Path
@@ -12,6 +13,8 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from trainer import run_info
+
+log = logging.getLogger("emergence_lab")
 
 
 class RunCheckpoint(ModelCheckpoint):
@@ -105,6 +108,7 @@ class RunSummary(L.Callback):
             "monitor_seconds": _seconds(trainer, "seconds"),
             "checkpoint_seconds": _seconds(trainer, "checkpoint_seconds"),
             **run_info.environment(),
+            "transitions": write_run_transitions(trainer, self.run_dir, self.static),
         }
         run_info.write_json(self.run_dir / "summary.json", summary)
         return summary
@@ -117,6 +121,28 @@ class RunSummary(L.Callback):
         if trainer.is_global_zero:
             status = "interrupted" if isinstance(exception, KeyboardInterrupt) else "failed"
             self.write(trainer, status, f"{type(exception).__name__}: {exception}")
+
+
+def write_run_transitions(trainer, run_dir: Path, static: dict[str, Any]) -> dict[str, Any] | None:
+    """``transitions.json`` from the CSV logger's rows; returns its summary for summary.json
+    (None without a CSV logger). Lightning finalizes its loggers only after ``on_fit_end``, so the
+    CSV is flushed first. A fit that fails is logged and must not cost the run its summary."""
+    from trainer.loggers import ResumableCSVLogger, read_metrics_csv
+    from trainer.measures.transitions import summarize, write_transitions
+
+    csv_logger = next((lg for lg in trainer.loggers if isinstance(lg, ResumableCSVLogger)), None)
+    if csv_logger is None:
+        return None
+    path = Path(csv_logger.experiment.metrics_file_path)
+    try:
+        csv_logger.save()
+        _, rows = read_metrics_csv(path) if path.is_file() else ([], [])
+        series = (static.get("config") or {}).get("transitions", {}).get("series") or []
+        report = write_transitions(run_dir / "transitions.json", rows, static["tokens_per_step"], series)
+    except Exception as exc:  # noqa: BLE001 -- a measurement, not the run
+        log.warning("transitions.json not written: %s: %s", type(exc).__name__, exc)
+        return {"error": f"{type(exc).__name__}: {exc}"}
+    return summarize(report)
 
 
 def _to_float(value: Any) -> float:

@@ -16,6 +16,8 @@ Writes, in ``RUN_DIR/retro/``:
                   (``probe/...``, ``topo/...``, ``llc/...``). Re-running skips the checkpoints
                   already there, so an interrupted pass resumes.
 ``retro.png``     the capabilities that jumped, the LLC and the series that led, by step.
+``transitions.json`` every capability series fitted as plateau -> rise -> plateau, as the run's
+                  own ``transitions.json`` (:mod:`trainer.measures.transitions`), on this grid.
 ``lead_lag.json`` per capability jump, every series whose change onset precedes, coincides with
                   or follows it, by how many steps and at what resolution (``trainer.measures.
                   leadlag``); onsets from the lab's one jump detector run over the retro series,
@@ -45,6 +47,7 @@ from trainer import run_info
 from trainer.cli_errors import report_bad_input
 from trainer.config import ConfigError
 from trainer.retro_lock import lock_retro
+from trainer.measures.transitions import write_transitions
 from trainer.retro_measure import load_setup, load_weights, measure
 
 log = logging.getLogger("emergence_lab")
@@ -271,6 +274,10 @@ def _retro(run_dir: Path, out_dir: Path, available: dict[int, Path], online: lis
         "problems": {str(s - 1): p for s, p in problems.items() if p},
     }
     (out_dir / "lead_lag.json").write_text(json.dumps(report, indent=1))
+    # The same fits as the run's own transitions.json, on the retro pass's denser grid.
+    write_transitions(out_dir / "transitions.json", rows.values(),
+                      setup.cfg.batch.global_size * setup.sampler.seq_len,
+                      list((setup.cfg.get("transitions") or {}).get("series") or []), "retro/metrics.csv")
     plot_retro(rows, report, out_dir / "retro.png")
     return report
 
@@ -399,6 +406,7 @@ def _print_report(run_dir: Path, report: dict[str, Any]) -> None:
     print(f"{run_dir / 'retro' / 'metrics.csv'}: {len(report['checkpoints'])} checkpoints "
           f"(steps {', '.join(map(str, report['checkpoints']))})")
     print(f"{run_dir / 'retro' / 'lead_lag.json'}")
+    print(f"{run_dir / 'retro' / 'transitions.json'}")
     if not report["lead_lag"]:
         print("  no capability jump")
     for jump in report["lead_lag"]:

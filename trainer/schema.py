@@ -79,6 +79,8 @@ KNOBS: tuple[Knob, ...] = (
          "null: fresh run; last: resume this run dir (in a multirun: or start fresh); a path"),
     Knob("optimized_metric", (str, NULL), "null or a series this run logs", None,
          "the summary metric returned to sweepers (Optuna)"),
+    Knob("transitions.series", (list,), "a list of series names", lambda v: all(isinstance(x, str) for x in v),
+         "fitted into transitions.json besides every probe/*/acc and probe/*/logprob"),
     # Sizes the model needs before the data exists (GPTConfig checks the rest of model.*).
     *(Knob(f"model.{k}", (int,), "an integer >= 1", _at_least(1), help_)
       for k, help_ in (("n_layer", "transformer blocks"), ("n_head", "attention heads per block"),
@@ -106,7 +108,7 @@ KNOBS: tuple[Knob, ...] = (
          "evaluations of a series before a jump can be flagged"),
 )
 # Groups whose every key is a knob here (plus these): a typo inside them is an error too.
-CLOSED_GROUPS = ("budget", "batch", "optim")
+CLOSED_GROUPS = ("budget", "batch", "optim", "transitions")
 
 
 def _class(node: Any) -> str:

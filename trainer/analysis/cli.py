@@ -54,6 +54,8 @@ def analyze_sweep_main(argv: Sequence[str] | None = None) -> int:
     if result.scale_markdown:
         print()
         print(result.scale_markdown, end="")
+    print()
+    print(result.transitions_markdown, end="")
     if result.not_completed:
         print(f"\n{len(result.not_completed)} run(s) not completed:")
         for line in result.not_completed:

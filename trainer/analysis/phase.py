@@ -148,7 +148,7 @@ def _heatmap(ax: Axes, grid: PhaseGrid, values: np.ndarray, labels: np.ndarray, 
     ax.figure.colorbar(image, ax=ax)
 
 
-def _positions(values: Sequence[str]) -> tuple[list[float], bool]:
+def axis_positions(values: Sequence[str]) -> tuple[list[float], bool]:
     """Numeric knobs on a numeric axis (log when they span two decades), others as categories."""
     try:
         numbers = [float(v) for v in values]
@@ -162,7 +162,7 @@ def _phase_lines(fig: Figure, runs: Sequence[Run], metric: str, grid: PhaseGrid,
                  unit: str) -> None:
     """The one-axis phase diagram: every completed run as a dot, the mean as a line with its 95%
     interval as error bars (none where a point has a single run)."""
-    positions, log_scale = _positions(grid.x_values)
+    positions, log_scale = axis_positions(grid.x_values)
     at = dict(zip(grid.x_values, positions))
     completed = [run for run in runs if run.completed]
     panels = (

@@ -37,6 +37,7 @@ from trainer.analysis.tables import (
     table_markdown,
     write_table_csv,
 )
+from trainer.analysis.transitions import write_transition_analysis
 
 _REPORT_STYLE = """
 body { font-family: sans-serif; margin: 2em; color: #222; }
@@ -110,12 +111,15 @@ class SweepAnalysis:
     warnings: list[str] = field(default_factory=list)
     # What an empty panel means ("no jump of ... detected within N tokens").
     notes: list[str] = field(default_factory=list)
+    # Earlier or sharper: the capability's transition midpoint and width per cell.
+    transitions_plot: Path | None = None
+    transitions_markdown: str = ""
     # "name: status (why)" for every run that did not complete, so a killed job is seen, not lost.
     not_completed: list[str] = field(default_factory=list)
 
     def paths(self) -> list[Path]:
-        scale = [p for p in (self.scale_plot, self.scale_csv, self.scale_md, self.effects_json)
-                 if p is not None]
+        scale = [p for p in (self.scale_plot, self.scale_csv, self.scale_md, self.effects_json,
+                                 self.transitions_plot) if p is not None]
         return [self.phase_diagram, self.runs_plot, self.table_csv, self.table_md,
                 self.cells_csv, self.cells_md, *scale, self.report]
 
@@ -184,6 +188,10 @@ def analyze_sweep(
               ("Curves of every run, one panel per cell", result.runs_plot)]
     tables = [(f"Cells: mean [{INTERVAL}] n", table_html(cell_columns, cell_rows)),
               ("Table of runs", table_html(columns, rows))]
+    result.transitions_plot, result.transitions_markdown, transitions_html = write_transition_analysis(
+        out_dir, runs, metric, axes, x, y)
+    images.append((f"{metric}: earlier or sharper? (transition midpoint and width)", result.transitions_plot))
+    tables.append((f"{metric}: transitions per cell (mean, sd over seeds)", transitions_html))
     if y is not None:
         size, other = scale_axes(x, y)
         tables = _write_scale(result, runs, metric, size, other, level, out_dir) + tables
