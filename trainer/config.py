@@ -8,11 +8,8 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from trainer.errors import ConfigError  # its home is the leaf; still importable from here
 from trainer.schema import KNOBS, check_knobs
-
-
-class ConfigError(ValueError):
-    """The configuration cannot run; raised before training starts."""
 
 
 # Top-level keys: the trainer's knobs (trainer.schema) and the groups composed from conf/.

@@ -174,7 +174,7 @@ def main() -> None:
 
     from hydra import compose, initialize_config_dir
 
-    from trainer.train import CONF_DIR
+    from trainer.errors import CONF_DIR
 
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
         cfg = compose(config_name="train", overrides=["paths.output_dir=.", *sys.argv[1:]])

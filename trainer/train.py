@@ -19,7 +19,6 @@ import hydra
 from omegaconf import DictConfig
 
 from trainer.config import (
-    ConfigError,
     check_metric_logged,
     check_probes_fit,
     resolve_checkpoint,
@@ -29,6 +28,7 @@ from trainer.config import (
     validate,
     warmup_steps_for,
 )
+from trainer.errors import CONF_DIR, ConfigError
 from trainer.failures import bad_input_message, record_failure
 from trainer.memory import allocation_refused, check_fits_memory
 from trainer.resume import check_budget, check_same_run, check_weights_fit, finished_summary, resume_check
