@@ -189,10 +189,9 @@ class TextMixer(StepSampler):
         self.doc_domain = np.concatenate(domains).astype(np.int64)
         self.doc_bridge = np.concatenate(bridges)
         self.doc_term_bridge = np.concatenate(term_bridges)
-        self.fact_offsets = np.concatenate(fact_offsets)
-        self.fact_ids = np.concatenate(fact_ids)
-        self.fact_spans = np.concatenate(fact_spans)
-        self.n_facts = n_facts
+        self.facts = text_stats.DocumentFacts(
+            self.doc_bridge, self.doc_term_bridge, np.concatenate(fact_offsets),
+            np.concatenate(fact_ids), np.concatenate(fact_spans), n_facts)
         n_dom = len(self.domain_names)
         order = np.argsort(self.doc_domain, kind="stable")
         counts = np.bincount(self.doc_domain, minlength=n_dom)
@@ -344,7 +343,8 @@ class TextMixer(StepSampler):
         if plan is None:
             self._open()
             self._check_scalar_knobs(knobs, where)
-            plan = Plan(self, knobs, self._domain_probabilities(knobs, where))
+            plan = Plan(knobs, self._domain_probabilities(knobs, where), self.seq_len, self.doc_len,
+                        self._domain_docs, self._domain_tokens)
             if len(self._plans) >= PLAN_CACHE_SIZE:
                 self._plans.pop(next(iter(self._plans)))
             self._plans[key] = plan
@@ -414,7 +414,7 @@ class TextMixer(StepSampler):
     def batch_stats(self, batch: Mapping[str, np.ndarray]) -> dict[str, float]:
         """What the batch really contains: see :func:`data_mixers.text_stats.batch_stats`."""
         self._open()
-        return text_stats.batch_stats(self, batch)
+        return text_stats.batch_stats(self.facts, batch)
 
     def repetition_factor(self, token_budget: int, step: int = 0) -> float:
         """How many times, on average, training sees each token of the pool at ``step`` (before
@@ -427,7 +427,7 @@ class TextMixer(StepSampler):
         self._open()
         plan = self._plan(self.base_knobs)
         return {"documents": int(len(self.doc_len)), "tokens": int(self.doc_len.sum()),
-                "domains": list(self.domain_names), "facts": int(self.n_facts),
+                "domains": list(self.domain_names), "facts": int(self.facts.n_facts),
                 "pool_tokens": int(plan.pool_tokens), "pool_documents": int(plan.pool_docs.size),
                 "term_bridge_documents": float(self.doc_term_bridge.mean()),
                 "vocab_size": int(self.vocab_size), "tokenizer": self.tokenizer.config()}
@@ -443,8 +443,13 @@ class TextMixer(StepSampler):
         for i, source in enumerate(self.sources):
             names = self._stores[i].domain_names
             for name, questions in source.probe_questions().items():
-                out.append(answer_probe(self, name, questions, names, self._domain_offset[i]))
+                out.append(answer_probe(name, questions, names, self._domain_offset[i],
+                                        self.tokenizer, self.seq_len))
         for d, docs in enumerate(self._heldout_docs):
             if len(docs):
-                out.append(heldout_probe(self, self.domain_names[d], docs, d))
+                lengths = np.minimum(self.doc_len[docs], self.seq_len + 1)  # each document's head
+                heads = [self._gather(self.doc_store[[doc] * int(n)], self.doc_start[doc] + np.arange(n))
+                         for doc, n in zip(docs, lengths)]
+                out.append(heldout_probe(self.domain_names[d], d, docs, heads, self.seq_len,
+                                         self.tokenizer.eos_id))
         return out
