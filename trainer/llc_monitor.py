@@ -31,6 +31,7 @@ import torch
 
 from trainer.measures.llc import sample_llc
 from trainer.module import masked_cross_entropy
+from trainer.steps import log_step
 from trainer.trail import log_linear_steps
 
 log = logging.getLogger("emergence_lab")
@@ -115,7 +116,7 @@ class LLCMonitor(L.Callback):
         if not (trainer.is_global_zero and trainer.global_step in self.schedule):
             return
         start = time.perf_counter()
-        step = trainer.global_step - 1  # the step the monitors log a measurement after it at
+        step = log_step(trainer.global_step)
         # sample_llc works on a deep copy with its own generators: the training weights and RNGs
         # are untouched.
         estimate = self.estimate(pl_module.model, self.batches)

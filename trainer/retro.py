@@ -46,6 +46,7 @@ from trainer.cli_errors import report_bad_input
 from trainer.config import ConfigError
 from trainer.retro_lock import lock_retro
 from trainer.retro_measure import load_setup, load_weights, measure
+from trainer.steps import log_step
 
 log = logging.getLogger("emergence_lab")
 MONITORS = ("probes", "topology", "llc")
@@ -82,7 +83,7 @@ def read_events(run_dir: Path) -> list[dict[str, Any]]:
 
 def _near(step: int, onsets: Sequence[int], window: int) -> bool:
     """Whether the checkpoint at global ``step`` lies within ``window`` of an onset (a log step)."""
-    return any(abs((step - 1) - onset) <= window for onset in onsets)
+    return any(abs(log_step(step) - onset) <= window for onset in onsets)
 
 
 def _log_uniform(steps: Sequence[int], k: int) -> set[int]:
@@ -156,7 +157,7 @@ def detect_onsets(rows: dict[int, dict[str, float]], cfg: Any, n_eval: dict[str,
             value = rows[global_step].get(name)
             if value is None:
                 continue
-            step = global_step - 1
+            step = log_step(global_step)
             if last is not None:
                 previous[(name, step)] = last
             last = step
@@ -256,7 +257,7 @@ def _retro(run_dir: Path, out_dir: Path, available: dict[int, Path], online: lis
             log.warning("%s vanished (the run thinned its trail): skipped", available[global_step])
             continue
         values, problems[global_step] = measure(setup, todo[global_step])
-        rows[global_step] = {**rows.get(global_step, {}), "step": global_step - 1,
+        rows[global_step] = {**rows.get(global_step, {}), "step": log_step(global_step),
                              "global_step": global_step, **values}
         write_rows(out_dir / "metrics.csv", rows)
     n_eval = {f"probe/{p.name}/acc": min(len(p.batch["input_ids"]), setup.probe_rows) for p in setup.probes}
@@ -268,7 +269,7 @@ def _retro(run_dir: Path, out_dir: Path, available: dict[int, Path], online: lis
         "step_convention": "step = global_step - 1, as in csv/metrics.csv and events.jsonl",
         "lead_lag": lead_lag_report(retro_events, online, window),
         "retro_events": retro_events,
-        "problems": {str(s - 1): p for s, p in problems.items() if p},
+        "problems": {str(log_step(s)): p for s, p in problems.items() if p},
     }
     (out_dir / "lead_lag.json").write_text(json.dumps(report, indent=1))
     plot_retro(rows, report, out_dir / "retro.png")

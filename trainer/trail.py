@@ -33,6 +33,7 @@ import lightning as L
 import torch
 
 from trainer.run_info import read_events
+from trainer.steps import global_step_of
 
 log = logging.getLogger("emergence_lab")
 
@@ -120,7 +121,7 @@ class CheckpointTrail(L.Callback):
         if not self.protect_window:
             return set()
         events = read_events(self.dirpath.parent / "events.jsonl")
-        onsets = [int(e["onset_step"]) + 1 for e in events]  # log step -> global step
+        onsets = [global_step_of(int(e["onset_step"])) for e in events]
         return {
             step for step in trail_steps(self.dirpath)
             if any(abs(step - onset) <= self.protect_window for onset in onsets)

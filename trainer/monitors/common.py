@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from data_mixers.base import StepSampler
+from trainer import steps
 
 
 def sampler_of(trainer: L.Trainer) -> StepSampler:
@@ -33,11 +34,8 @@ def previous_due(step: int, every: int) -> int:
 
 
 def log_step(trainer: L.Trainer) -> int:
-    """The step a measurement after a training step is logged at: the index of the batch just
-    trained on, which is the step Lightning logs that batch's ``train/*`` values at. One row of
-    the CSV then holds the loss of batch i and what the model looked like right after it, and a
-    resume from a checkpoint taken after batch i keeps exactly the rows up to i."""
-    return trainer.global_step - 1
+    """The step a measurement after this training step is logged at (see :mod:`trainer.steps`)."""
+    return steps.log_step(trainer.global_step)
 
 
 def timed(hook):

@@ -7,7 +7,7 @@ from typing import Any
 import lightning as L
 
 from data_mixers.diversity import DiversityMeter
-from trainer.monitors.common import due, publish, sampler_of, timed
+from trainer.monitors.common import due, log_step, publish, sampler_of, timed
 
 
 class DataMeter(L.Callback):
@@ -36,7 +36,7 @@ class DataMeter(L.Callback):
         if self.meter is None:
             self.meter = DiversityMeter(window=self.window)
             self.meter._domains_seen.update(self._restored_domains)
-        last = trainer.global_step - 1
+        last = log_step(trainer)
         for step in range(max(0, last - self.window + 1), last + 1):
             emitted = sampler.batch(step, global_batch)
             self.meter.update(emitted, sampler.batch_stats(emitted))

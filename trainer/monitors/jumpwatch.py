@@ -11,6 +11,7 @@ import lightning as L
 
 from trainer.measures.jumps import JumpDetector
 from trainer.measures.leadlag import lead_lag
+from trainer.steps import tokens_seen
 
 log = logging.getLogger("emergence_lab")
 
@@ -62,10 +63,9 @@ class JumpWatch(L.Callback):
         return [name for name in self.detector.pending() if name.startswith(prefixes)]
 
     def _event_dict(self, event) -> dict[str, Any]:
-        # The event's step is the index of the batch just trained on (see common.log_step): after
-        # it, step + 1 batches have been seen.
+        # Tokens seen at the confirmation step (a log step, see trainer.steps).
         tokens_per_step = self.trainer.lightning_module.tokens_per_step
-        return {**event.to_dict(), "tokens": (event.step + 1) * tokens_per_step}
+        return {**event.to_dict(), "tokens": tokens_seen(event.step, tokens_per_step)}
 
     def events(self) -> list[dict[str, Any]]:
         return [self._event_dict(e) for e in self.detector.events]
