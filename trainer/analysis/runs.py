@@ -13,11 +13,13 @@ import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import yaml
 
 from trainer.run_info import read_events
+from trainer.steps import global_step_of, tokens_seen
 
 # Override keys that repeat an experiment rather than move it: runs differing only here are
 # averaged, never treated as a point of the phase diagram.
@@ -77,21 +79,22 @@ class Run:
         return math.nan
 
     def jump_steps(self, name: str) -> list[int]:
-        return sorted(int(event["step"]) for event in self.events if event.get("series") == name)
+        """Where ``name`` jumped: each jump's onset (a log step), as lead-lag dates it; events
+        older than the onset field keep their confirmation step."""
+        return sorted(jump_onset(event) for event in self.events if event.get("series") == name)
 
     def tokens_to_jump(self, name: str) -> int | None:
-        """Tokens seen when ``name`` first jumped: the time-to-emergence axis of a phase diagram.
-
-        Tokens rather than steps, so runs with different batch or sequence sizes compare.
-        """
-        events = sorted((e for e in self.events if e.get("series") == name), key=lambda e: e["step"])
+        """Tokens seen at the onset of ``name``'s first jump: the time-to-emergence axis of a
+        phase diagram. Tokens rather than steps, so runs with different batch or sequence sizes
+        compare."""
+        events = sorted((e for e in self.events if e.get("series") == name), key=jump_onset)
         if not events:
             return None
-        if events[0].get("tokens") is not None:  # the trainer's own count
-            return int(events[0]["tokens"])
         tokens_per_step = self.summary.get("tokens_per_step")
-        # The event's step is the index of the batch just trained on: step + 1 batches seen.
-        return None if tokens_per_step is None else (int(events[0]["step"]) + 1) * int(tokens_per_step)
+        if tokens_per_step is None and events[0].get("tokens") is not None:
+            # The trainer's own count, at the confirmation step: it gives the tokens per step.
+            tokens_per_step = int(events[0]["tokens"]) // global_step_of(int(events[0]["step"]))
+        return None if tokens_per_step is None else tokens_seen(jump_onset(events[0]), int(tokens_per_step))
 
     def lead_lag(self, name: str) -> tuple[str, int] | None:
         """The series that moved first, before or with ``name``'s first jump, and its lead in
@@ -340,3 +343,8 @@ def load_wandb_group(group: str, project: str = "emergence-lab", entity: str | N
         runs.append(Run(path=Path(remote.name), name=remote.name, summary=summary, events=events,
                         series=series, overrides=parse_overrides(config.get("overrides") or [])))
     return runs
+
+
+def jump_onset(event: dict[str, Any]) -> int:
+    """A jump's date: its onset (a log step), or the confirmation step of an event without one."""
+    return int(event.get("onset_step", event["step"]))
