@@ -28,7 +28,7 @@ fragmentation
 repetition
     ``unique_tokens``: sample only from a prefix of each active domain's documents holding this
     many tokens in all (split in proportion to domain size). With the token budget fixed,
-    repetition = budget / pool tokens (:meth:`TextMixer.repetition_factor`).
+    repetition = budget / pool tokens (:meth:`TextMixer.pool_epochs`).
 
 Besides the contract keys a batch carries ``doc_id`` (global document index per position, -1 on
 separators and padding) and ``doc_pos`` (the position inside that document), from which
@@ -416,7 +416,7 @@ class TextMixer(StepSampler):
         self._open()
         return text_stats.batch_stats(self.facts, batch)
 
-    def repetition_factor(self, token_budget: int, step: int = 0) -> float:
+    def pool_epochs(self, token_budget: int, step: int = 0) -> float:
         """How many times, on average, training sees each token of the pool at ``step`` (before
         :meth:`bind`, a schedule is read at its start)."""
         knobs = (self.effective_knobs(step) if self.total_steps is not None

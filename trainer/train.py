@@ -233,7 +233,7 @@ def _train(cfg: DictConfig, run_dir: Path, callbacks: list) -> dict[str, Any]:
             "flops_per_token": model.flops_per_token(sampler.seq_len),
             "malloc": malloc,
             "data": sampler.describe(),
-            **_repetition(sampler, cfg.budget.tokens),
+            **_pool_epochs(sampler, cfg.budget.tokens),
             "resumed_from_step": resume_step,
             "config": to_plain(cfg),
         },
@@ -305,10 +305,11 @@ def _train(cfg: DictConfig, run_dir: Path, callbacks: list) -> dict[str, Any]:
     return summary
 
 
-def _repetition(sampler: Any, budget_tokens: int) -> dict[str, float]:
-    """Repetition = budget / unique tokens, for sources with a finite token pool."""
-    if hasattr(sampler, "repetition_factor"):
-        return {"repetition_factor": float(sampler.repetition_factor(budget_tokens))}
+def _pool_epochs(sampler: Any, budget_tokens: int) -> dict[str, float]:
+    """Repetition as passes over the pool, budget / pool tokens, for sources with a finite token
+    pool (``data/repetition_factor`` is another measure: exact repeats inside a window)."""
+    if hasattr(sampler, "pool_epochs"):
+        return {"pool_epochs": float(sampler.pool_epochs(budget_tokens))}
     return {}
 
 
