@@ -24,6 +24,8 @@ from pathlib import Path
 import yaml
 
 from trainer.measures.jumps import JumpDetector
+from trainer.monitors import JumpWatch
+from trainer.schema import callback_defaults
 
 COUNTS = ("knn_components", "h1_bars")
 EXPENSIVE = ("twonn", "knn_", "h0_", "h1_")
@@ -51,12 +53,14 @@ def read_series(run: Path) -> dict[str, list[tuple[int, float]]]:
 
 
 def detector(run: Path, topology_min_rel_size: float | None) -> JumpDetector:
-    """The detector JumpWatch builds from the run's ``callbacks.jumps`` (or the defaults)."""
+    """The detector JumpWatch builds from the run's ``callbacks.jumps`` (a knob the run's config
+    lacks takes the default of conf/callbacks/default.yaml)."""
     config = run / ".hydra" / "config.yaml"
     jumps = (yaml.safe_load(config.read_text()).get("callbacks") or {}).get("jumps") or {} if config.exists() else {}
-    settings = {k: jumps[k] for k in ("min_history", "z_confirm", "min_rel_size") if k in jumps}
-    topo = topology_min_rel_size if topology_min_rel_size is not None else jumps.get("topology_min_rel_size", 0.07)
-    return JumpDetector(**settings, min_rel_size_by_prefix={"topo/": topo})
+    settings = {**callback_defaults("jumps"), **{k: v for k, v in jumps.items() if k != "_target_"}}
+    if topology_min_rel_size is not None:
+        settings["topology_min_rel_size"] = topology_min_rel_size
+    return JumpWatch(**settings).detector
 
 
 def replay(run: Path, from_step: int, n_eval: int, topology_min_rel_size: float | None,

@@ -12,6 +12,7 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from trainer import run_info
+from trainer.monitors.bus import Attached, MonitorBus
 
 
 class RunCheckpoint(ModelCheckpoint):
@@ -35,7 +36,7 @@ class RunCheckpoint(ModelCheckpoint):
         self._last_checkpoint_saved = filepath
 
 
-class Throughput(L.Callback):
+class Throughput(Attached, L.Callback):
     """Tokens per second of the training loop, from the first finished step on (start-up, compile
     and the first batch are excluded), logged as ``train/tokens_per_s``."""
 
@@ -44,6 +45,12 @@ class Throughput(L.Callback):
         self.t0: float | None = None
         self.step0 = 0
         self.tokens_per_s: float | None = None
+
+    def subscribe(self, bus: MonitorBus) -> None:
+        bus.add_to_summary(self.summary)
+
+    def summary(self) -> dict[str, Any]:
+        return {"tokens_per_s": self.tokens_per_s}
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         now = time.perf_counter()
@@ -57,7 +64,7 @@ class Throughput(L.Callback):
                 pl_module.log("train/tokens_per_s", self.tokens_per_s)
 
 
-class RunSummary(L.Callback):
+class RunSummary(Attached, L.Callback):
     """Writes ``summary.json`` (and creates ``events.jsonl``, which :class:`JumpWatch` fills) on
     rank 0 at the end of fit or on an exception, inside the training process, so it is right under
     every strategy (spawned DDP workers included)."""
@@ -84,10 +91,6 @@ class RunSummary(L.Callback):
             (self.run_dir / "events.jsonl").touch()
 
     def write(self, trainer, status: str, error: str | None = None) -> dict[str, Any]:
-        from trainer.monitors import JumpWatch
-
-        throughput = next((c for c in trainer.callbacks if isinstance(c, Throughput)), None)
-        watch = next((c for c in trainer.callbacks if isinstance(c, JumpWatch)), None)
         metrics = {k: _to_float(v) for k, v in sorted(trainer.callback_metrics.items())}
         summary = {
             "status": status,
@@ -97,15 +100,16 @@ class RunSummary(L.Callback):
             "metrics": metrics,
             "steps": trainer.global_step,
             "tokens_seen": trainer.global_step * self.static["tokens_per_step"],
-            "tokens_per_s": throughput.tokens_per_s if throughput else None,
+            "tokens_per_s": None,
             "wall_time_s": round(time.time() - self.t_start, 3),
-            "jumps": watch.events() if watch else [],
-            "lead_lag": watch.lead_lag() if watch else [],
-            "invalid_metrics": watch.invalid if watch else [],
-            "monitor_seconds": _seconds(trainer, "seconds"),
-            "checkpoint_seconds": _seconds(trainer, "checkpoint_seconds"),
+            "jumps": [],
+            "lead_lag": [],
+            "invalid_metrics": [],
+            "monitor_seconds": {},
+            "checkpoint_seconds": {},
             **run_info.environment(),
         }
+        summary.update(self.bus.summary())  # what the monitors add (the keys keep their places)
         run_info.write_json(self.run_dir / "summary.json", summary)
         return summary
 
@@ -123,7 +127,3 @@ def _to_float(value: Any) -> float:
     return float(value.item()) if isinstance(value, torch.Tensor) else float(value)
 
 
-def _seconds(trainer, attribute: str) -> dict[str, float]:
-    """Wall seconds each callback spent, as it timed itself (``attribute``), by class name."""
-    return {type(c).__name__: round(getattr(c, attribute), 3)
-            for c in trainer.callbacks if hasattr(c, attribute)}

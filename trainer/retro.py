@@ -143,10 +143,13 @@ def detect_onsets(rows: dict[int, dict[str, float]], cfg: Any, n_eval: dict[str,
     LLC's diagnostics: its confirmed events, each with the ``resolution`` of its onset (the steps
     since the series' previous checkpoint), marked ``source: retro``."""
     from trainer.monitors import JumpWatch
+    from trainer.schema import callback_defaults
 
-    # The detector exactly as the run's JumpWatch builds it from the same config entry.
+    # The detector exactly as the run's JumpWatch builds it from the same config entry (a knob
+    # its config predates takes today's default).
     jumps_cfg = (cfg.get("callbacks") or {}).get("jumps") or {}
-    detector = JumpWatch(**{k: v for k, v in jumps_cfg.items() if k != "_target_"}).detector
+    settings = {**callback_defaults("jumps"), **{k: v for k, v in jumps_cfg.items() if k != "_target_"}}
+    detector = JumpWatch(**settings).detector
     # The LLC's chains, spread, R-hat and initial loss are diagnostics of one estimate, not series.
     series = sorted(k for k in {k for r in rows.values() for k in r} - {"step", "global_step"}
                     if not k.startswith("llc/") or k == "llc/mean")

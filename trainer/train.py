@@ -156,6 +156,7 @@ def _train(cfg: DictConfig, run_dir: Path, callbacks: list) -> dict[str, Any]:
     from trainer.callbacks import RunSummary, Throughput
     from trainer.data import StepDataModule
     from trainer.module import LitLM
+    from trainer.monitors.bus import MonitorBus
     from trainer.run_files import write_run_files
 
     _route_lightning_logs()
@@ -250,6 +251,8 @@ def _train(cfg: DictConfig, run_dir: Path, callbacks: list) -> dict[str, Any]:
         all_callbacks.append(instantiate(cfg.progress))
     all_callbacks += [Throughput(tokens_per_step, cfg.log_every_n_steps), summary_cb]
     all_callbacks += callbacks
+    # One bus per run: the monitors publish and subscribe there, never among the callbacks.
+    MonitorBus().attach(all_callbacks)
     loggers = _build_loggers(cfg, resume_step, context, tokens_per_step)
 
     pl_kwargs = {k: v for k, v in to_plain(cfg.pl).items() if k not in ("precision",)}

@@ -28,20 +28,19 @@ import torch
 
 from data_mixers.base import ProbeSet
 from trainer.measures import topology
+from trainer.monitors.bus import Attached, MonitorBus
 from trainer.monitors.common import (
     Measurement,
     due,
-    find,
     forward,
     log_step,
     previous_due,
-    publish,
     readout_at,
     sampler_of,
     timed,
     to_device,
 )
-from trainer.monitors.jumpwatch import JumpWatch
+from trainer.schema import check_settings
 
 #: The step the fallback topology batch is drawn at: no run reaches it, so it is never a
 #: training batch.
@@ -148,7 +147,7 @@ def log_spaced_steps(max_step: int, per_decade: int) -> list[int]:
     return sorted({round(10 ** (i / per_decade)) for i in range(count)})
 
 
-class TopologyProbe(L.Callback):
+class TopologyProbe(Attached, L.Callback):
     """Representation topology of fixed points (``topo/<layer>/<metric>``), attention per head
     (``topo/attn<layer>/head<h>/...``) and weights (``topo/weights/...``): cheap metrics every
     ``every_n_steps``, expensive ones on a log-spaced schedule plus bursts around candidate jumps
@@ -164,16 +163,12 @@ class TopologyProbe(L.Callback):
 
     seconds = 0.0  # wall time spent in this monitor (see common.timed)
 
-    def __init__(self, every_n_steps: int = 25, n_points: int = 64, k: int = 10,
-                 expensive_per_decade: int = 3, burst_steps: int = 100,
-                 burst_prefixes: tuple[str, ...] = ("probe/",),
-                 h1_every_n_steps: int | None = 400, h1_points: int = 64,
-                 attention: bool = True, weights: bool = True) -> None:
-        from trainer.config import ConfigError
-
-        for key, value in (("expensive_per_decade", expensive_per_decade), ("burst_steps", burst_steps)):
-            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-                raise ConfigError(f"callbacks.topology.{key}={value!r} must be an integer >= 0")
+    def __init__(self, *, every_n_steps: int, n_points: int, k: int, expensive_per_decade: int,
+                 burst_steps: int, burst_prefixes: list[str], h1_every_n_steps: int | None,
+                 h1_points: int, attention: bool, weights: bool) -> None:
+        # The defaults live in conf/callbacks/default.yaml (trainer.schema.callback_defaults).
+        check_settings("callbacks.TopologyProbe", "callbacks.topology", {
+            "expensive_per_decade": expensive_per_decade, "burst_steps": burst_steps})
         self.every_n_steps, self.n_points, self.k = every_n_steps, n_points, k
         self.expensive_per_decade, self.burst_steps = expensive_per_decade, burst_steps
         self.burst_prefixes = tuple(burst_prefixes)
@@ -185,6 +180,9 @@ class TopologyProbe(L.Callback):
         self.last_h1: int | None = None
         self.burst_until = -1
         self._shared: tuple[int, str, dict] | None = None
+
+    def subscribe(self, bus: MonitorBus) -> None:
+        bus.forward_sharer = self  # the probes hand over their forward pass when it serves here
 
     def on_train_start(self, trainer, pl_module) -> None:
         if not trainer.is_global_zero:
@@ -224,8 +222,7 @@ class TopologyProbe(L.Callback):
 
     def _expensive(self, trainer: L.Trainer, step: int) -> bool:
         """At the cheap evaluations that reach the next log-spaced step, and during a burst."""
-        watch = find(trainer, JumpWatch)
-        if self.burst_steps and watch is not None and watch.pending(self.burst_prefixes):
+        if self.burst_steps and self.bus.alarms(self.burst_prefixes):
             self.burst_until = max(self.burst_until, step + self.burst_steps)
         previous = previous_due(step, self.every_n_steps)
         on_schedule = any(previous < s <= step for s in self.schedule)
@@ -250,7 +247,6 @@ class TopologyProbe(L.Callback):
         want_h1 = expensive and self._h1_due(step)
         values: dict[str, float] = {}
         unwatched: set[str] = set()
-        watch = find(trainer, JumpWatch)
 
         def measure(series: str, compute, detect: bool = True) -> None:
             """Add ``series/<metric>`` values; an undefined metric is reported, not raised."""
@@ -260,8 +256,7 @@ class TopologyProbe(L.Callback):
                 if not detect:
                     unwatched.update(new)
             except ValueError as exc:
-                if watch is not None:
-                    watch.report_invalid(log_step(trainer), series, str(exc))
+                self.bus.report_invalid(log_step(trainer), series, str(exc))
 
         model = pl_module.model
         with Measurement(model):
@@ -297,7 +292,7 @@ class TopologyProbe(L.Callback):
             params = dict(model.named_parameters())
             measure("topo/weights", lambda: topology.weight_metrics(params, self.previous_weights, _param_group))
             self.previous_weights = topology.snapshot(params)
-        publish(trainer, values, unwatched=unwatched)
+        self.bus.publish(trainer, values, unwatched=unwatched)
 
     def state_dict(self) -> dict[str, Any]:
         # The previous weights go into the checkpoint, so the update ratio at the first evaluation
