@@ -17,7 +17,6 @@ flags, and the simulated-curve counterpart is ``scripts/eval_jump_detector.py``.
 from __future__ import annotations
 
 import argparse
-import csv
 from collections import defaultdict
 from pathlib import Path
 
@@ -25,6 +24,7 @@ import yaml
 
 from trainer.measures.jumps import JumpDetector
 from trainer.monitors import JumpWatch
+from trainer.run_dir import RunDir, series_of
 from trainer.schema import callback_defaults
 
 COUNTS = ("knn_components", "h1_bars")
@@ -43,19 +43,14 @@ def family(series: str) -> str:
 
 
 def read_series(run: Path) -> dict[str, list[tuple[int, float]]]:
-    series: dict[str, list[tuple[int, float]]] = defaultdict(list)
-    with (run / "csv" / "metrics.csv").open() as f:
-        for row in csv.DictReader(f):
-            for key, value in row.items():
-                if key.startswith(("probe/", "topo/")) and value not in ("", None):
-                    series[key].append((int(row["step"]), float(value)))
-    return {k: sorted(v) for k, v in series.items()}
+    by_step = series_of(RunDir(run).read_metrics()[1])
+    return {k: sorted(v.items()) for k, v in by_step.items() if k.startswith(("probe/", "topo/"))}
 
 
 def detector(run: Path, topology_min_rel_size: float | None) -> JumpDetector:
     """The detector JumpWatch builds from the run's ``callbacks.jumps`` (a knob the run's config
     lacks takes the default of conf/callbacks/default.yaml)."""
-    config = run / ".hydra" / "config.yaml"
+    config = RunDir(run).config_path
     jumps = (yaml.safe_load(config.read_text()).get("callbacks") or {}).get("jumps") or {} if config.exists() else {}
     settings = {**callback_defaults("jumps"), **{k: v for k, v in jumps.items() if k != "_target_"}}
     if topology_min_rel_size is not None:

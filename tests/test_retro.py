@@ -13,9 +13,9 @@ import pytest
 import torch
 
 from tests.conftest import compose_cfg
+from trainer.monitors import MonitorBus
 from trainer.retro import choose_steps, detect_onsets, lead_lag_report, llc_steps
 from trainer.retro import main as retro_main
-from trainer.monitors import MonitorBus
 from trainer.schema import callback_defaults
 from trainer.trail import CheckpointTrail, log_linear_steps, trail_steps
 

@@ -13,6 +13,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 
 from trainer import run_info
 from trainer.monitors.bus import Attached, MonitorBus
+from trainer.run_dir import RunDir
 
 
 class RunCheckpoint(ModelCheckpoint):
@@ -88,7 +89,7 @@ class RunSummary(Attached, L.Callback):
     def setup(self, trainer, pl_module, stage: str) -> None:
         if trainer.is_global_zero:
             self.run_dir.mkdir(parents=True, exist_ok=True)
-            (self.run_dir / "events.jsonl").touch()
+            RunDir(self.run_dir).events_path.touch()
 
     def write(self, trainer, status: str, error: str | None = None) -> dict[str, Any]:
         metrics = {k: _to_float(v) for k, v in sorted(trainer.callback_metrics.items())}
@@ -110,7 +111,7 @@ class RunSummary(Attached, L.Callback):
             **run_info.environment(),
         }
         summary.update(self.bus.summary())  # what the monitors add (the keys keep their places)
-        run_info.write_json(self.run_dir / "summary.json", summary)
+        RunDir(self.run_dir).write_summary(summary)
         return summary
 
     def on_fit_end(self, trainer, pl_module) -> None:

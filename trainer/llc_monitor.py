@@ -22,7 +22,6 @@ from __future__ import annotations
 import json
 import logging
 import time
-from pathlib import Path
 from typing import Any
 
 import lightning as L
@@ -33,6 +32,7 @@ from trainer.errors import ConfigError
 from trainer.measures.llc import sample_llc
 from trainer.module import masked_cross_entropy
 from trainer.monitors.bus import Attached
+from trainer.run_dir import RunDir
 from trainer.schema import check_settings
 from trainer.steps import log_step
 from trainer.trail import log_linear_steps
@@ -103,7 +103,7 @@ class LLCMonitor(Attached, L.Callback):
         if trainer.is_global_zero:
             self.batches = llc_batches(trainer.datamodule.sampler, self.n_batches, self.batch_size,
                                        pl_module.device)
-            self.traces_path = Path(trainer.default_root_dir) / "llc" / "traces.jsonl"
+            self.traces_path = RunDir(trainer.default_root_dir).llc_traces_path
             self.traces_path.parent.mkdir(parents=True, exist_ok=True)
             if self.traces_path.exists():  # a resume keeps the evaluations up to its checkpoint
                 kept = [line for line in self.traces_path.read_text().splitlines()

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import time
 from pathlib import Path
 
@@ -33,22 +32,11 @@ import lightning as L
 import torch
 
 from trainer.monitors.bus import Attached, MonitorBus
+from trainer.run_dir import trail_steps
 from trainer.schema import check_settings
 from trainer.steps import global_step_of
 
 log = logging.getLogger("emergence_lab")
-
-TRAIL_NAME = re.compile(r"^step-(\d+)\.ckpt$")
-
-
-def trail_steps(dirpath: str | Path) -> dict[int, Path]:
-    """The trail checkpoints in ``dirpath`` by step (``last.ckpt`` is not part of the trail)."""
-    found = {}
-    for path in Path(dirpath).glob("step-*.ckpt"):
-        match = TRAIL_NAME.match(path.name)
-        if match:
-            found[int(match.group(1))] = path
-    return dict(sorted(found.items()))
 
 
 def log_linear_steps(max_step: int, log_per_octave: int, every_n_steps: int, first: int = 1) -> set[int]:

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import json
 import logging
-from pathlib import Path
 from typing import Any
 
 import lightning as L
@@ -12,6 +10,7 @@ import lightning as L
 from trainer.measures.jumps import JumpDetector
 from trainer.measures.leadlag import lead_lag
 from trainer.monitors.bus import Attached, MonitorBus
+from trainer.run_dir import RunDir
 from trainer.steps import tokens_seen
 
 log = logging.getLogger("emergence_lab")
@@ -43,7 +42,7 @@ class JumpWatch(Attached, L.Callback):
 
     def setup(self, trainer, pl_module, stage: str) -> None:
         self.trainer = trainer
-        self.events_path = Path(trainer.default_root_dir) / "events.jsonl"
+        self.run_dir = RunDir(trainer.default_root_dir)
 
     def observe(self, step: int, values: dict[str, float], n_eval: dict[str, int] | None = None) -> None:
         """Feed one evaluation of some series to the detector; log and record what it confirms."""
@@ -85,15 +84,13 @@ class JumpWatch(Attached, L.Callback):
 
     def _append(self, events: list[dict[str, Any]]) -> None:
         if self.trainer.is_global_zero:
-            with (self.events_path).open("a") as f:
-                f.writelines(json.dumps(e) + "\n" for e in events)
+            self.run_dir.append_events(events)
 
     def on_train_start(self, trainer, pl_module) -> None:
         # After a resume the detector holds exactly the events up to the checkpoint: the file is
         # rewritten from it, so events confirmed after the checkpoint are not listed twice.
         if trainer.is_global_zero:
-            self.events_path.write_text("")
-            self._append(self.events())
+            self.run_dir.start_events(self.events())
             self.bus.publish_jumps(self.events())
 
     def report_invalid(self, step: int, series: str, error: str) -> None:
