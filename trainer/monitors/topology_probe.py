@@ -244,53 +244,18 @@ class TopologyProbe(Attached, L.Callback):
             return
         step = trainer.global_step
         expensive = self._expensive(trainer, step)
-        want_h1 = expensive and self._h1_due(step)
-        values: dict[str, float] = {}
-        unwatched: set[str] = set()
-
-        def measure(series: str, compute, detect: bool = True) -> None:
-            """Add ``series/<metric>`` values; an undefined metric is reported, not raised."""
-            try:
-                new = {f"{series}/{k}": v for k, v in compute().items()}
-                values.update(new)
-                if not detect:
-                    unwatched.update(new)
-            except ValueError as exc:
-                self.bus.report_invalid(log_step(trainer), series, str(exc))
-
         model = pl_module.model
-        with Measurement(model):
-            clouds, attention = None, None
-            for group in self.groups:
-                out = self._outputs(model, group, pl_module.device, step)
-                rows = torch.as_tensor(group.rows, device=pl_module.device)
-                positions = torch.as_tensor(group.positions, device=pl_module.device)
-                points = [h[rows, positions].float() for h in out["hidden"]]
-                clouds = points if clouds is None else [torch.cat(p) for p in zip(clouds, points)]
-                if out["attn"] is not None and (attention is None or len(group.batch["input_ids"]) > len(attention[1])):
-                    # Attention over the largest group's rows (one group but for mixed widths).
-                    attention = (out["attn"], group.batch["input_ids"])
-            # One copy of every layer's points to the host.
-            host = torch.stack(clouds).to("cpu", torch.float64).numpy()
-            labels = np.concatenate([g.batch["domain"][g.rows, g.positions] for g in self.groups])
-            labels = labels if (labels >= 0).all() and len(np.unique(labels)) > 1 else None
-            for i, X in enumerate(host):
-                name = "topo/emb" if i == 0 else f"topo/layer{i}"
-                measure(name, lambda X=X: topology.spectrum_metrics(X))
-                if expensive and i > 0:
-                    # Logged, not fed to the online detector: on a log-spaced schedule with
-                    # bursts the spacing jumps from hundreds of steps to 25, and a trend fitted
-                    # to a few sparse points calls the first dense ones a jump (it did, on the
-                    # converged tail of a long run). elab-retro dates them on a regular grid.
-                    measure(name, lambda X=X: topology.neighbourhood_metrics(
-                        X, labels, k=self.k, h1=want_h1, h1_points=self.h1_points,
-                        rng=np.random.default_rng(0)), detect=False)
-            if attention:
-                for i, layer in enumerate(_attention_by_layer(attention[0], attention[1])):
-                    measure(f"topo/attn{i}", layer)
+        values, unwatched = measure_topology(
+            model, self.groups, lambda group: self._outputs(model, group, pl_module.device, step),
+            k=self.k, expensive=expensive, h1=expensive and self._h1_due(step),
+            h1_points=self.h1_points,
+            report=lambda series, error: self.bus.report_invalid(log_step(trainer), series, error))
         if self.weights:
             params = dict(model.named_parameters())
-            measure("topo/weights", lambda: topology.weight_metrics(params, self.previous_weights, _param_group))
+            try:
+                values.update(weight_values(params, self.previous_weights))
+            except ValueError as exc:
+                self.bus.report_invalid(log_step(trainer), "topo/weights", str(exc))
             self.previous_weights = topology.snapshot(params)
         self.bus.publish(trainer, values, unwatched=unwatched)
 
@@ -305,6 +270,65 @@ class TopologyProbe(Attached, L.Callback):
         self.previous_weights = state_dict.get("previous_weights")
         self.last_h1 = state_dict.get("last_h1")
         self.burst_until = state_dict.get("burst_until", -1)
+
+
+def measure_topology(model, groups: list[PointGroup], outputs_of, *, k: int, expensive: bool,
+                     h1: bool, h1_points: int, report) -> tuple[dict[str, float], set[str]]:
+    """The topology of ``groups``' points at every layer, and their attention per head: what the
+    online monitor logs at an evaluation, and what ``elab-retro`` measures at a checkpoint (there
+    with ``expensive`` at every one). ``outputs_of(group)`` is the model's forward pass over the
+    group's rows (hidden states, attention); ``report(series, error)`` hears of a metric that is
+    undefined on these points (a degenerate cloud), which is then left out. Returns the values
+    and the series the online jump detector does not watch (the expensive ones)."""
+    values: dict[str, float] = {}
+    unwatched: set[str] = set()
+
+    def measure(series: str, compute, detect: bool = True) -> None:
+        """Add ``series/<metric>`` values; an undefined metric is reported, not raised."""
+        try:
+            new = {f"{series}/{k}": v for k, v in compute().items()}
+            values.update(new)
+            if not detect:
+                unwatched.update(new)
+        except ValueError as exc:
+            report(series, str(exc))
+
+    with Measurement(model):
+        clouds, attention = None, None
+        for group in groups:
+            out = outputs_of(group)
+            device = out["hidden"][0].device
+            rows = torch.as_tensor(group.rows, device=device)
+            positions = torch.as_tensor(group.positions, device=device)
+            points = [h[rows, positions].float() for h in out["hidden"]]
+            clouds = points if clouds is None else [torch.cat(p) for p in zip(clouds, points)]
+            if out["attn"] is not None and (attention is None or len(group.batch["input_ids"]) > len(attention[1])):
+                # Attention over the largest group's rows (one group but for mixed widths).
+                attention = (out["attn"], group.batch["input_ids"])
+        # One copy of every layer's points to the host.
+        host = torch.stack(clouds).to("cpu", torch.float64).numpy()
+        labels = np.concatenate([g.batch["domain"][g.rows, g.positions] for g in groups])
+        labels = labels if (labels >= 0).all() and len(np.unique(labels)) > 1 else None
+        for i, X in enumerate(host):
+            name = "topo/emb" if i == 0 else f"topo/layer{i}"
+            measure(name, lambda X=X: topology.spectrum_metrics(X))
+            if expensive and i > 0:
+                # Logged, not fed to the online detector: on a log-spaced schedule with bursts
+                # the spacing jumps from hundreds of steps to 25, and a trend fitted to a few
+                # sparse points calls the first dense ones a jump (it did, on the converged tail
+                # of a long run). elab-retro dates them on a regular grid.
+                measure(name, lambda X=X: topology.neighbourhood_metrics(
+                    X, labels, k=k, h1=h1, h1_points=h1_points, rng=np.random.default_rng(0)),
+                    detect=False)
+        if attention:
+            for i, layer in enumerate(_attention_by_layer(attention[0], attention[1])):
+                measure(f"topo/attn{i}", layer)
+    return values, unwatched
+
+
+def weight_values(params: dict[str, torch.Tensor], previous: dict[str, torch.Tensor] | None) -> dict[str, float]:
+    """``topo/weights/...``: norms per parameter group, and the update since ``previous``."""
+    return {f"topo/weights/{k}": v for k, v in topology.weight_metrics(params, previous, _param_group).items()}
 
 
 def _attention_by_layer(attn: list[torch.Tensor], input_ids) -> list:

@@ -113,8 +113,9 @@ def check_settings(scope: str, where: str, settings: Mapping[str, Any]) -> None:
 def callback_defaults(name: str) -> dict[str, Any]:
     """The settings of ``callbacks.<name>`` in ``conf/callbacks/default.yaml``, the home of the
     monitors' defaults (for tools that build a monitor outside a run: scripts, tests, old run
-    dirs whose config predates a knob). Keys taken from other knobs (``${...}``) are left out."""
-    node = OmegaConf.load(Path(CONF_DIR) / "callbacks" / "default.yaml")[name]
-    raw = OmegaConf.to_container(node, resolve=False)
+    dirs whose config predates a knob). Keys taken from other knobs (``${...}``) are left out; a
+    monitor the default config does not run (the LLC) has none here: its class's are its own."""
+    node = OmegaConf.load(Path(CONF_DIR) / "callbacks" / "default.yaml").get(name)
+    raw = OmegaConf.to_container(node, resolve=False) if node is not None else {}
     return {k: v for k, v in raw.items()
             if k != "_target_" and not (isinstance(v, str) and "${" in v)}
