@@ -92,8 +92,8 @@ def plain_loop(cfg, sampler, batches, steps: int) -> float:
 def lightning_loop(cfg, sampler, batches, steps: int) -> float:
     import lightning as L
 
-    from trainer.callbacks import Throughput
     from trainer.module import LitLM
+    from trainer.monitors.backbone import Throughput
 
     model = make_model(cfg, sampler)
     lit = LitLM(model, total_steps=steps, tokens_per_step=1, lr=cfg.optim.lr,

@@ -135,7 +135,7 @@ def test_llc_monitor_logs_the_llc_on_its_schedule_and_leaves_training_alone(tmp_
         with (run / "csv" / "metrics.csv").open() as f:
             return {int(r["step"]): float(r[key]) for r in csv.DictReader(f) if r.get(key)}
 
-    llc = ["+callbacks.llc._target_=trainer.llc_monitor.LLCMonitor", "+callbacks.llc.first_step=4",
+    llc = ["+callbacks.llc._target_=trainer.monitors.llc.LLCMonitor", "+callbacks.llc.first_step=4",
            "+callbacks.llc.log_per_octave=1", "+callbacks.llc.batch_size=16",
            "+callbacks.llc.n_batches=2", "+callbacks.llc.chains=2", "+callbacks.llc.steps=24",
            "+callbacks.llc.burn_in=4", "+callbacks.llc.lr=1e-4"]
@@ -160,8 +160,8 @@ def test_llc_series_reach_the_jump_detector_through_the_bus(tmp_path):
     (its diagnostics are logged only), so a jump in the LLC is flagged."""
     from types import SimpleNamespace
 
-    from trainer.llc_monitor import LLCMonitor
     from trainer.monitors import JumpWatch, MonitorBus
+    from trainer.monitors.llc import LLCMonitor
     from trainer.schema import callback_defaults
 
     class Estimate:

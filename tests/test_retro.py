@@ -14,10 +14,10 @@ import torch
 
 from tests.conftest import compose_cfg
 from trainer.monitors import MonitorBus
+from trainer.monitors.trail import CheckpointTrail, log_linear_steps, trail_steps
 from trainer.retro import choose_steps, detect_onsets, lead_lag_report, llc_steps
 from trainer.retro import main as retro_main
 from trainer.schema import callback_defaults
-from trainer.trail import CheckpointTrail, log_linear_steps, trail_steps
 
 TRAIL = callback_defaults("trail")  # conf/callbacks/default.yaml: the defaults a run gets
 

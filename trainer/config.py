@@ -11,7 +11,6 @@ from omegaconf import DictConfig, OmegaConf
 from trainer.errors import ConfigError  # its home is the leaf; still importable from here
 from trainer.schema import KNOBS, check_knobs
 
-
 # Top-level keys: the trainer's knobs (trainer.schema) and the groups composed from conf/.
 TOP_LEVEL = {knob.key.split(".")[0] for knob in KNOBS if not knob.key.startswith(("model.", "callbacks."))} | {
     "paths", "model", "data", "curriculum", "callbacks", "pl", "logger", "progress", "tags",

@@ -2,7 +2,7 @@
 
 Online, a run measures what it can afford: the expensive representation metrics (kNN graph, H0,
 H1) and the LLC only now and then, and the detector flags a jump a few evaluations after it
-happened. Offline, the checkpoint trail (``checkpoints/step-<n>.ckpt``, :mod:`trainer.trail`)
+happened. Offline, the checkpoint trail (``checkpoints/step-<n>.ckpt``, :mod:`trainer.monitors.trail`)
 holds the model at many steps, so this command measures everything again, densely where it
 matters: every trail checkpoint within ``--window`` steps of each detected jump's onset
 (``events.jsonl``), plus ``--sparse`` checkpoints spread log-uniformly over the rest of the run.
@@ -55,8 +55,8 @@ PREFIX = {"probes": "probe/", "topology": "topo/", "llc": "llc/"}
 
 def checkpoints(run_dir: Path) -> dict[int, Path]:
     """Trail checkpoints by global step, and ``last.ckpt`` when its step is not on the trail."""
+    from trainer.run_dir import trail_steps
     from trainer.run_files import load_checkpoint
-    from trainer.trail import trail_steps
 
     found = trail_steps(run_dir / "checkpoints")
     last = run_dir / "checkpoints" / "last.ckpt"
@@ -240,7 +240,7 @@ def _retro(run_dir: Path, out_dir: Path, available: dict[int, Path], online: lis
     """:func:`retro` once its input is checked and the run's retro lock held."""
     from tqdm import tqdm
 
-    from trainer.llc_monitor import llc_batches
+    from trainer.monitors.llc import llc_batches
 
     rows = read_rows(out_dir / "metrics.csv")
     # Resumable: a checkpoint is measured by the monitors whose series its row does not hold yet.
@@ -331,8 +331,8 @@ def calibrate(run_dir: Path, global_step: int | None, lrs: Sequence[float], n_be
               device: str | None = None) -> list[dict[str, Any]]:
     """:func:`trainer.measures.llc.calibrate_llc` on one checkpoint (default: the last), with the
     run's LLC settings for everything but the grid."""
-    from trainer.llc_monitor import llc_batches, lm_loss
     from trainer.measures.llc import calibrate_llc
+    from trainer.monitors.llc import llc_batches, lm_loss
 
     available = checkpoints(run_dir)
     if not available:

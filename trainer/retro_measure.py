@@ -41,7 +41,7 @@ def load_setup(run_dir: Path, device: str | None = None) -> Setup:
     from hydra.utils import instantiate
     from omegaconf import DictConfig
 
-    from trainer.llc_monitor import LLCMonitor
+    from trainer.monitors.llc import LLCMonitor
     from trainer.run_config import load_run_config
     from trainer.train import _build
 

@@ -237,7 +237,7 @@ def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict[
 
 def checkpoint_trail(run_dir: str | os.PathLike) -> list[Path]:
     """``checkpoints/step-<n>.ckpt`` by step, then ``last.ckpt`` when it exists."""
-    from trainer.trail import trail_steps  # imports Lightning: only when the trail is listed
+    from trainer.run_dir import trail_steps
 
     ckpt_dir = Path(run_dir) / "checkpoints"
     paths = list(trail_steps(ckpt_dir).values())

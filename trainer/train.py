@@ -153,9 +153,9 @@ def _train(cfg: DictConfig, run_dir: Path, callbacks: list) -> dict[str, Any]:
     from hydra.utils import instantiate
 
     from trainer.allocator import configure_malloc, release_free_memory
-    from trainer.callbacks import RunSummary, Throughput
     from trainer.data import StepDataModule
     from trainer.module import LitLM
+    from trainer.monitors.backbone import RunSummary, Throughput
     from trainer.monitors.bus import MonitorBus
     from trainer.run_files import write_run_files
 

@@ -3,7 +3,7 @@
 The estimator and its diagnostics live in :mod:`trainer.measures.llc`; this module decides when it
 runs, on which data, and where the results go:
 
-- a log + linear schedule (:func:`trainer.trail.log_linear_steps`): the LLC moves most early on
+- a log + linear schedule (:func:`trainer.monitors.trail.log_linear_steps`): the LLC moves most early on
   and an SGLD estimate costs hundreds of forward/backward passes, so it runs on few steps;
 - fixed batches of the *training* distribution (the LLC is a property of the training loss at
   w*), drawn from steps no run reaches so they never coincide with a training batch and are the
@@ -32,10 +32,10 @@ from trainer.errors import ConfigError
 from trainer.measures.llc import sample_llc
 from trainer.module import masked_cross_entropy
 from trainer.monitors.bus import Attached
+from trainer.monitors.trail import log_linear_steps
 from trainer.run_dir import RunDir
 from trainer.schema import check_settings
 from trainer.steps import log_step
-from trainer.trail import log_linear_steps
 
 log = logging.getLogger("emergence_lab")
 
