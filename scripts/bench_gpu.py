@@ -34,7 +34,7 @@ def build_model(name: str, vocab: int, seq_len: int):
     from hydra import compose, initialize_config_dir
     from hydra.utils import instantiate
 
-    from trainer.train import CONF_DIR
+    from trainer.errors import CONF_DIR
 
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
         cfg = compose("train", overrides=[f"model={name}", "paths.output_dir=unused"])

@@ -44,10 +44,11 @@ def build_model(cfg: DictConfig, sampler: Any) -> Any:
 
 
 def build_monitors(cfg: DictConfig) -> list:
-    """Every ``callbacks`` entry with a ``_target_`` (and the progress bar), in config order."""
+    """Every ``callbacks`` entry with a ``_target_`` (and the progress bar), in config order; a
+    monitor's own refusal (``callbacks.trail.budget_mb=0``) names its key."""
     from hydra.utils import instantiate as hydra_instantiate
 
-    built = [hydra_instantiate(node) for node in (cfg.get("callbacks") or {}).values()
+    built = [instantiate(node) for node in (cfg.get("callbacks") or {}).values()
              if node is not None and "_target_" in node]
     if cfg.get("progress") and "_target_" in cfg.progress:
         built.append(hydra_instantiate(cfg.progress))

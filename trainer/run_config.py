@@ -22,9 +22,8 @@ from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from trainer.config import ConfigError
+from trainer.errors import CONF_DIR, ConfigError
 
-CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 OWN_PACKAGES = ("trainer.", "data_mixers.", "hydra_plugins.elab_ray_launcher.")
 HYDRA_DIR, CONFIG_FILE = ".hydra", "config.yaml"
 _MAX_DEPTH = 64  # deeper than any shipped config by far; a crafted self-reference stops here

@@ -31,8 +31,14 @@ from trainer.config import (
 from trainer.errors import CONF_DIR, ConfigError
 from trainer.failures import bad_input_message, record_failure
 from trainer.memory import allocation_refused, check_fits_memory
-from trainer.resume import check_budget, check_same_run, check_weights_fit, finished_summary, resume_check
-from trainer.run_config import CONF_DIR, write_hydra_files
+from trainer.resume import (
+    check_budget,
+    check_same_run,
+    check_weights_fit,
+    finished_summary,
+    resume_check,
+)
+from trainer.run_config import write_hydra_files
 from trainer.runlock import RunLock, is_launcher_process
 from trainer.watchdog import die_with_parent
 
@@ -81,20 +87,6 @@ def _build_loggers(
             loggers.append(instantiate(node))
         log.debug("logger %s: %s", name, target)
     return loggers
-
-
-def _build(node: DictConfig, **kwargs: Any) -> Any:
-    """``instantiate`` that surfaces a component's own validation error (which names the config
-    key) instead of Hydra's wrapper around its repr."""
-    from hydra.errors import InstantiationException
-    from hydra.utils import instantiate
-
-    try:
-        return instantiate(node, **kwargs, _convert_="all")
-    except InstantiationException as exc:
-        if isinstance(exc.__cause__, (ValueError, TypeError)):
-            raise exc.__cause__ from None
-        raise
 
 
 def _build_pl_trainer(pl_kwargs: dict, **kwargs: Any) -> Any:
@@ -150,9 +142,9 @@ def _train(cfg: DictConfig, run_dir: Path, callbacks: list) -> dict[str, Any]:
 
     import lightning as L
     import torch
-    from hydra.utils import instantiate
 
     from trainer.allocator import configure_malloc, release_free_memory
+    from trainer.build import build_data, build_model, build_monitors
     from trainer.data import StepDataModule
     from trainer.module import LitLM
     from trainer.monitors.backbone import RunSummary, Throughput
@@ -174,17 +166,14 @@ def _train(cfg: DictConfig, run_dir: Path, callbacks: list) -> dict[str, Any]:
     malloc = configure_malloc(cfg.get("malloc", "reuse"))
     L.seed_everything(cfg.seed, workers=True, verbose=False)
 
-    curriculum = _build(cfg.curriculum) if cfg.get("curriculum") else None
     # Constructing the sampler is cheap and fixes seq_len; prepare() below builds the token store,
     # so every check that needs only the config comes first.
-    sampler = _build(cfg.data, curriculum=curriculum)
+    sampler = build_data(cfg)
     tokens_per_step = cfg.batch.global_size * sampler.seq_len
     total_steps = steps_from_budget(cfg.budget.tokens, cfg.batch.global_size, sampler.seq_len)
     warmup_steps = warmup_steps_for(cfg.optim.warmup_steps, total_steps,
                                     f"budget.tokens={cfg.budget.tokens}")
-    model_kwargs = {"vocab_size": sampler.vocab_size, "max_seq_len": sampler.seq_len,
-                    "item_dim": sampler.item_dim}
-    check_fits_memory(cfg, lambda: _build(cfg.model, **model_kwargs), sampler.seq_len)
+    check_fits_memory(cfg, lambda: build_model(cfg, sampler), sampler.seq_len)
     identity = run_identity(cfg)
     saved = resume_check(ckpt, cfg.ckpt_path, identity) if ckpt is not None else None
     if saved is not None:
@@ -204,7 +193,7 @@ def _train(cfg: DictConfig, run_dir: Path, callbacks: list) -> dict[str, Any]:
         check_metric_logged(cfg.optimized_metric, [p.name for p in sampler.probe_sets()])
     check_probes_fit(cfg, sampler)
     with allocation_refused(cfg, "the model"):
-        model = _build(cfg.model, **model_kwargs)
+        model = build_model(cfg, sampler)
     optim = cfg.optim
     module = LitLM(
         model,
@@ -242,13 +231,7 @@ def _train(cfg: DictConfig, run_dir: Path, callbacks: list) -> dict[str, Any]:
         # A resumed run keeps its id (one written before ids were recorded gets one now).
         run_id=(saved or {}).get("run_id") or uuid.uuid4().hex,
     )
-    all_callbacks = [
-        _build(node)  # a callback's own refusal (callbacks.trail.budget_mb=0) names its key
-        for node in (cfg.get("callbacks") or {}).values()
-        if node is not None and "_target_" in node
-    ]
-    if cfg.get("progress") and "_target_" in cfg.progress:
-        all_callbacks.append(instantiate(cfg.progress))
+    all_callbacks = build_monitors(cfg)
     all_callbacks += [Throughput(tokens_per_step, cfg.log_every_n_steps), summary_cb]
     all_callbacks += callbacks
     # One bus per run: the monitors publish and subscribe there, never among the callbacks.
