@@ -5,30 +5,25 @@ domain is drawn from the mixture weights, a document uniformly from that domain'
 fragment of it; each piece is followed by ``eos``. Everything a row contains is a function of
 ``row_rng(seed, step, row)``, so resume is exact and ranks are disjoint by construction.
 
-Knobs (constructor arguments = ``data.*`` config keys; a curriculum may override any of them per
-step, see :meth:`TextMixer.knobs_at`):
+Knobs (constructor arguments = ``data.*`` config keys, each with its type, range and help in
+``python -m trainer.schema``; a curriculum may override any of them per step, see
+:meth:`TextMixer.knobs_at`):
 
 diversity
-    ``domains`` (names or ids in play) or ``n_domains_active`` (the first n); mixture weights over
-    them: ``domain_weights`` (explicit, one per domain), ``zipf_exponent`` (weight of the k-th
-    active domain ~ 1/k^s) or, by default, each domain's size in tokens; ``temperature`` reshapes
-    whichever is used: p ~ w^(1/temperature) (1 keeps it, large flattens towards uniform).
-    ``focus_domain`` (a name or id) with ``focus_share`` in [0, 1]: that domain gets exactly this
-    share of the draws and the other active domains split the rest as above (0 leaves it out, 1
-    emits only it). A curriculum moving ``focus_share`` switches what the mixer emits: the
+    ``domains`` or ``n_domains_active``; mixture weights over them: ``domain_weights``,
+    ``zipf_exponent`` or, by default, each domain's size in tokens, reshaped by ``temperature``.
+    ``focus_domain`` gets exactly ``focus_share`` of the draws, the others split the rest as
+    above. A curriculum moving ``focus_share`` switches what the mixer emits: the
     knowledge-extraction preset pretrains on descriptions (share 0 for the ``qa`` domain), then
     fine-tunes on Q/A (share 1), or mixes both throughout.
 fragmentation
-    ``fragment_length``: None/0 = whole documents, else a random span of that many tokens (the
-    whole document when shorter). ``docs_per_window``: None = pack pieces back to back until the
-    window is full (the last one cut); k = k equal slots per window, one piece each, cut to the
-    slot, the rest of a slot padded (loss mask 0). ``weights_count``: ``"documents"`` draws the
-    domain of every piece (mix, then pack: rows join domains), ``"rows"`` draws one domain per row
-    (pack, then mix: every row stays inside one domain).
+    ``fragment_length`` (random spans instead of whole documents); ``docs_per_window`` (k equal
+    slots per window, one piece each, the rest of a slot padded with loss mask 0, instead of
+    pieces packed back to back); ``weights_count``: ``"documents"`` draws the domain of every piece
+    (mix, then pack: rows join domains), ``"rows"`` one per row (pack, then mix).
 repetition
-    ``unique_tokens``: sample only from a prefix of each active domain's documents holding this
-    many tokens in all (split in proportion to domain size). With the token budget fixed,
-    repetition = budget / pool tokens (:meth:`TextMixer.pool_epochs`).
+    ``unique_tokens``: a pool of that many tokens (a prefix of each active domain's documents, in
+    proportion to its size): passes over it = budget / pool (:meth:`TextMixer.pool_epochs`).
 
 Besides the contract keys a batch carries ``doc_id`` (global document index per position, -1 on
 separators and padding) and ``doc_pos`` (the position inside that document), from which
