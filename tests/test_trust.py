@@ -118,6 +118,8 @@ def _leaves(cfg, path=()):
         if not path and key in ("hydra", "paths"):
             continue
         node = cfg._get_node(key)
+        if path in (("callbacks",), ("logger",)) and node._is_none():
+            continue  # callbacks.<name>=null drops a component: not a knob
         if OmegaConf.is_dict(node) and key != "knobs":
             yield from _leaves(node, (*path, key))
         elif not str(key).startswith("_") and "${" not in str(node._value()):

@@ -22,6 +22,7 @@ from trainer.schema.knob import (
 
 _BC = "data.BurstyClasses."
 _MA = "data.ModularArithmetic."
+_CO = "data.Composition."
 _TM = "data.TextMixer."
 _WORLD = "data.TextMixer.source.world."
 _HF = "data.TextMixer.source.hf."
@@ -62,6 +63,15 @@ DATA_KNOBS: tuple[Knob, ...] = (
     _d(_MA + "train_fraction", number(0, 1),
        "share of all (a, b) pairs seen in training; the rest is the probe"),
     _d(_MA + "probe_size", integer(1), "rows of the probe set"),
+    _d(_CO + "entities", integer(2), "entities of the knowledge graph"),
+    _d(_CO + "relations", integer(1), "relations of the knowledge graph"),
+    _d(_CO + "out_degree", integer(1), "distinct outgoing relations per entity (at most relations)"),
+    _d(_CO + "phi", number(0), "training inferred facts / atomic facts: the density of bridges"),
+    _d(_CO + "ood_fraction", number(0, 1),
+       "atomic facts never used inside a training inferred fact (the OOD test's hops)"),
+    _d(_CO + "heldout_inferred", integer(0),
+       "in-distribution inferred facts held out of training: the composition_id probe"),
+    _d(_CO + "probe_size", integer(1), "rows per probe set"),
     _d(_TM + "seq_len", integer(2), "tokens per training window"),
     _d(_TM + "tokenizer.kind", choice("byte", "bpe"), "byte-level, or a BPE trained and cached"),
     _d(_TM + "tokenizer.vocab_size", integer(300, 65536), "the BPE's vocabulary"),
