@@ -15,8 +15,9 @@ from data_mixers.base import DataConfigError
 from data_mixers.sources.hf import HFSource
 from tests.conftest import compose_cfg
 from trainer.config import ConfigError, validate
-from trainer.loggers import _KeepEarlierRowsWriter, read_metrics_csv
+from trainer.loggers import _KeepEarlierRowsWriter
 from trainer.resume import identity_diff
+from trainer.run_dir import read_metrics_csv
 from trainer.schema import KNOBS, places
 from trainer.schema.reference import compose_every_option, reference_markdown
 

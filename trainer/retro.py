@@ -29,23 +29,21 @@ of ``trainer.measures``) with the settings of the run's callback config.
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import logging
 import os
 import sys
-import uuid
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from trainer import run_info
 from trainer.cli_errors import report_bad_input
 from trainer.config import ConfigError
 from trainer.retro_lock import lock_retro
 from trainer.retro_measure import load_setup, load_weights, measure
+from trainer.run_dir import RunDir, read_metrics_csv, write_metrics_csv
 from trainer.steps import log_step
 
 log = logging.getLogger("emergence_lab")
@@ -55,11 +53,10 @@ PREFIX = {"probes": "probe/", "topology": "topo/", "llc": "llc/"}
 
 def checkpoints(run_dir: Path) -> dict[int, Path]:
     """Trail checkpoints by global step, and ``last.ckpt`` when its step is not on the trail."""
-    from trainer.run_dir import trail_steps
     from trainer.run_files import load_checkpoint
 
-    found = trail_steps(run_dir / "checkpoints")
-    last = run_dir / "checkpoints" / "last.ckpt"
+    run = RunDir(run_dir)
+    found, last = run.trail(), run.last_checkpoint
     if last.is_file():
         step = load_checkpoint(last).get("global_step")
         if not isinstance(step, int):
@@ -71,8 +68,8 @@ def checkpoints(run_dir: Path) -> dict[int, Path]:
 
 def read_events(run_dir: Path) -> list[dict[str, Any]]:
     """The run's online jump events; each must give its series and onset step."""
-    path = run_dir / "events.jsonl"
-    events = run_info.read_events(path)
+    run = RunDir(run_dir)
+    path, events = run.events_path, run.read_events()
     for number, event in enumerate(events, start=1):
         if not (isinstance(event, dict) and isinstance(event.get("series"), str)
                 and isinstance(event.get("onset_step"), int)):
@@ -119,23 +116,17 @@ def llc_steps(chosen: Sequence[int], onsets: Sequence[int], window: int, points:
 def read_rows(path: Path) -> dict[int, dict[str, float]]:
     if not path.is_file():
         return {}
-    with path.open() as f:
-        return {int(r["global_step"]): {k: int(v) if k in ("step", "global_step") else float(v)
-                                        for k, v in r.items() if v not in ("", None)}
-                for r in csv.DictReader(f)}
+    return {int(r["global_step"]): {k: int(v) if k in ("step", "global_step") else float(v)
+                                    for k, v in r.items() if v not in ("", None)}
+            for r in read_metrics_csv(path)[1]}
 
 
 def write_rows(path: Path, rows: dict[int, dict[str, float]]) -> None:
     """All rows, sorted by step, columns the union of every row's series; written atomically."""
     columns = ["step", "global_step"] + sorted({k for r in rows.values() for k in r} - {"step", "global_step"})
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    with tmp.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=columns)
-        writer.writeheader()
-        for global_step in sorted(rows):
-            writer.writerow({k: (int(v) if k in ("step", "global_step") else repr(v))
-                             for k, v in rows[global_step].items()})
-    os.replace(tmp, path)
+    write_metrics_csv(path, columns, [{k: (int(v) if k in ("step", "global_step") else repr(v))
+                                       for k, v in rows[global_step].items()}
+                                      for global_step in sorted(rows)])
 
 
 def detect_onsets(rows: dict[int, dict[str, float]], cfg: Any, n_eval: dict[str, int]) -> list[dict[str, Any]]:
@@ -224,7 +215,7 @@ def retro(run_dir: Path, monitors: Sequence[str] = MONITORS, steps: Sequence[int
     from trainer.run_config import load_run_config
 
     load_run_config(run_dir)  # its checks before retro/ is made: a refused run dir stays as it was
-    out_dir = run_dir / "retro"
+    out_dir = RunDir(run_dir).retro_dir
     out_dir.mkdir(exist_ok=True)
     lock = lock_retro(out_dir)
     try:
@@ -274,7 +265,7 @@ def _retro(run_dir: Path, out_dir: Path, available: dict[int, Path], online: lis
         "retro_events": retro_events,
         "problems": {str(log_step(s)): p for s, p in problems.items() if p},
     }
-    (out_dir / "lead_lag.json").write_text(json.dumps(report, indent=1))
+    RunDir(run_dir).write_text(out_dir / "lead_lag.json", json.dumps(report, indent=1))
     plot_retro(rows, report, out_dir / "retro.png")
     return report
 

@@ -101,7 +101,7 @@ class RunDir:
         renamed: data-parallel ranks may write the same file at once."""
         path = self.path / name
         tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-        tmp.write_text(text)
+        tmp.write_text(text, encoding="utf-8")
         os.replace(tmp, path)
         return path
 
@@ -122,11 +122,7 @@ class RunDir:
 
     def write_metrics(self, name: str | Path, header: list[str], rows: list[dict[str, Any]]) -> Path:
         """A metrics table (``csv/metrics.csv``, ``retro/metrics.csv``) through a temporary file."""
-        out = io.StringIO(newline="")
-        writer = csv.DictWriter(out, fieldnames=header, extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(rows)
-        return self.write_text(name, out.getvalue())
+        return write_metrics_csv(self.path / name, header, rows)
 
     # -- reading -----------------------------------------------------------------------------
 
@@ -174,16 +170,6 @@ class RunDir:
         """The trail checkpoints by global step (``last.ckpt`` is not part of the trail)."""
         return trail_steps(self.checkpoints_dir)
 
-    def checkpoints(self) -> dict[int, Path]:
-        """Trail checkpoints by global step, and ``last.ckpt`` when its step is not on the trail."""
-        found = self.trail()
-        if self.last_checkpoint.is_file():
-            import torch
-
-            saved = torch.load(self.last_checkpoint, map_location="cpu", weights_only=True, mmap=True)
-            found.setdefault(int(saved["global_step"]), self.last_checkpoint)
-        return dict(sorted(found.items()))
-
 
 def trail_steps(dirpath: str | Path) -> dict[int, Path]:
     """The trail checkpoints (``step-<n>.ckpt``) in ``dirpath`` by step."""
@@ -211,6 +197,19 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
             except json.JSONDecodeError as exc:
                 raise ValueError(f"{path}, line {number}: {exc}") from exc
     return records
+
+
+def write_metrics_csv(path: Path, header: list[str], rows: list[dict[str, Any]]) -> Path:
+    """A metrics table through a unique temporary name and a rename: a kill mid-write leaves the
+    old file whole, and two writers never share a temporary file."""
+    out = io.StringIO(newline="")
+    writer = csv.DictWriter(out, fieldnames=header, extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(rows)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    tmp.write_text(out.getvalue(), encoding="utf-8", newline="")
+    os.replace(tmp, path)
+    return path
 
 
 def read_metrics_csv(path: Path) -> tuple[list[str], list[dict[str, str]]]:

@@ -7,7 +7,6 @@ Lightning Trainer -- after validating it, fits, and returns the run summary (als
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import uuid
@@ -39,6 +38,7 @@ from trainer.resume import (
     resume_check,
 )
 from trainer.run_config import write_hydra_files
+from trainer.run_dir import RunDir
 from trainer.runlock import RunLock, is_launcher_process
 from trainer.watchdog import die_with_parent
 
@@ -280,7 +280,7 @@ def _train(cfg: DictConfig, run_dir: Path, callbacks: list) -> dict[str, Any]:
     if not pl_trainer.is_global_zero:
         return {}
     # Written by rank 0 inside the training process (see RunSummary): right under spawn strategies too.
-    summary = json.loads((run_dir / "summary.json").read_text())
+    summary = RunDir(run_dir).read_summary()
     if summary["status"] == "completed":
         log.info(
             "done: %d steps, %s tokens/s; run dir: %s",
