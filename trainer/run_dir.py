@@ -31,7 +31,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-SUMMARY, EVENTS, TRANSITIONS = "summary.json", "events.jsonl", "transitions.json"
+SUMMARY, EVENTS = "summary.json", "events.jsonl"
 METRICS_CSV = "csv/metrics.csv"
 MODEL, VOCABULARY, TOKENIZER, PROBES = "model.json", "vocabulary.json", "tokenizer.json", "probes.npz"
 TRAIL_NAME = re.compile(r"^step-(\d+)\.ckpt$")
@@ -43,9 +43,6 @@ class RunDir:
 
     def __repr__(self) -> str:
         return f"RunDir({str(self.path)!r})"
-
-    def __truediv__(self, name: str) -> Path:
-        return self.path / name
 
     # -- paths -------------------------------------------------------------------------------
 
@@ -120,10 +117,6 @@ class RunDir:
         with self.events_path.open("a") as f:
             f.writelines(json.dumps(e) + "\n" for e in events)
 
-    def write_metrics(self, name: str | Path, header: list[str], rows: list[dict[str, Any]]) -> Path:
-        """A metrics table (``csv/metrics.csv``, ``retro/metrics.csv``) through a temporary file."""
-        return write_metrics_csv(self.path / name, header, rows)
-
     # -- reading -----------------------------------------------------------------------------
 
     def read_json(self, name: str | Path) -> Any:
@@ -139,10 +132,6 @@ class RunDir:
 
     def read_summary(self) -> dict[str, Any] | None:
         return self.read_json(SUMMARY)
-
-    def read_transitions(self) -> Any:
-        """``transitions.json`` when the run wrote one, else None."""
-        return self.read_json(TRANSITIONS)
 
     def read_events(self, name: str | Path = EVENTS) -> list[dict[str, Any]]:
         """The events of ``events.jsonl`` (empty when there is none). A torn last line is
