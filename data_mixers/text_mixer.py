@@ -5,30 +5,25 @@ domain is drawn from the mixture weights, a document uniformly from that domain'
 fragment of it; each piece is followed by ``eos``. Everything a row contains is a function of
 ``row_rng(seed, step, row)``, so resume is exact and ranks are disjoint by construction.
 
-Knobs (constructor arguments = ``data.*`` config keys; a curriculum may override any of them per
-step, see :meth:`TextMixer.knobs_at`):
+Knobs (constructor arguments = ``data.*`` config keys, each with its type, range and help in
+``python -m trainer.schema``; a curriculum may override any of them per step, see
+:meth:`TextMixer.knobs_at`):
 
 diversity
-    ``domains`` (names or ids in play) or ``n_domains_active`` (the first n); mixture weights over
-    them: ``domain_weights`` (explicit, one per domain), ``zipf_exponent`` (weight of the k-th
-    active domain ~ 1/k^s) or, by default, each domain's size in tokens; ``temperature`` reshapes
-    whichever is used: p ~ w^(1/temperature) (1 keeps it, large flattens towards uniform).
-    ``focus_domain`` (a name or id) with ``focus_share`` in [0, 1]: that domain gets exactly this
-    share of the draws and the other active domains split the rest as above (0 leaves it out, 1
-    emits only it). A curriculum moving ``focus_share`` switches what the mixer emits: the
+    ``domains`` or ``n_domains_active``; mixture weights over them: ``domain_weights``,
+    ``zipf_exponent`` or, by default, each domain's size in tokens, reshaped by ``temperature``.
+    ``focus_domain`` gets exactly ``focus_share`` of the draws, the others split the rest as
+    above. A curriculum moving ``focus_share`` switches what the mixer emits: the
     knowledge-extraction preset pretrains on descriptions (share 0 for the ``qa`` domain), then
     fine-tunes on Q/A (share 1), or mixes both throughout.
 fragmentation
-    ``fragment_length``: None/0 = whole documents, else a random span of that many tokens (the
-    whole document when shorter). ``docs_per_window``: None = pack pieces back to back until the
-    window is full (the last one cut); k = k equal slots per window, one piece each, cut to the
-    slot, the rest of a slot padded (loss mask 0). ``weights_count``: ``"documents"`` draws the
-    domain of every piece (mix, then pack: rows join domains), ``"rows"`` draws one domain per row
-    (pack, then mix: every row stays inside one domain).
+    ``fragment_length`` (random spans instead of whole documents); ``docs_per_window`` (k equal
+    slots per window, one piece each, the rest of a slot padded with loss mask 0, instead of
+    pieces packed back to back); ``weights_count``: ``"documents"`` draws the domain of every piece
+    (mix, then pack: rows join domains), ``"rows"`` one per row (pack, then mix).
 repetition
-    ``unique_tokens``: sample only from a prefix of each active domain's documents holding this
-    many tokens in all (split in proportion to domain size). With the token budget fixed,
-    repetition = budget / pool tokens (:meth:`TextMixer.repetition_factor`).
+    ``unique_tokens``: a pool of that many tokens (a prefix of each active domain's documents, in
+    proportion to its size): passes over it = budget / pool (:meth:`TextMixer.pool_epochs`).
 
 Besides the contract keys a batch carries ``doc_id`` (global document index per position, -1 on
 separators and padding) and ``doc_pos`` (the position inside that document), from which
@@ -189,10 +184,9 @@ class TextMixer(StepSampler):
         self.doc_domain = np.concatenate(domains).astype(np.int64)
         self.doc_bridge = np.concatenate(bridges)
         self.doc_term_bridge = np.concatenate(term_bridges)
-        self.fact_offsets = np.concatenate(fact_offsets)
-        self.fact_ids = np.concatenate(fact_ids)
-        self.fact_spans = np.concatenate(fact_spans)
-        self.n_facts = n_facts
+        self.facts = text_stats.DocumentFacts(
+            self.doc_bridge, self.doc_term_bridge, np.concatenate(fact_offsets),
+            np.concatenate(fact_ids), np.concatenate(fact_spans), n_facts)
         n_dom = len(self.domain_names)
         order = np.argsort(self.doc_domain, kind="stable")
         counts = np.bincount(self.doc_domain, minlength=n_dom)
@@ -344,7 +338,8 @@ class TextMixer(StepSampler):
         if plan is None:
             self._open()
             self._check_scalar_knobs(knobs, where)
-            plan = Plan(self, knobs, self._domain_probabilities(knobs, where))
+            plan = Plan(knobs, self._domain_probabilities(knobs, where), self.seq_len, self.doc_len,
+                        self._domain_docs, self._domain_tokens)
             if len(self._plans) >= PLAN_CACHE_SIZE:
                 self._plans.pop(next(iter(self._plans)))
             self._plans[key] = plan
@@ -414,9 +409,9 @@ class TextMixer(StepSampler):
     def batch_stats(self, batch: Mapping[str, np.ndarray]) -> dict[str, float]:
         """What the batch really contains: see :func:`data_mixers.text_stats.batch_stats`."""
         self._open()
-        return text_stats.batch_stats(self, batch)
+        return text_stats.batch_stats(self.facts, batch)
 
-    def repetition_factor(self, token_budget: int, step: int = 0) -> float:
+    def pool_epochs(self, token_budget: int, step: int = 0) -> float:
         """How many times, on average, training sees each token of the pool at ``step`` (before
         :meth:`bind`, a schedule is read at its start)."""
         knobs = (self.effective_knobs(step) if self.total_steps is not None
@@ -427,7 +422,7 @@ class TextMixer(StepSampler):
         self._open()
         plan = self._plan(self.base_knobs)
         return {"documents": int(len(self.doc_len)), "tokens": int(self.doc_len.sum()),
-                "domains": list(self.domain_names), "facts": int(self.n_facts),
+                "domains": list(self.domain_names), "facts": int(self.facts.n_facts),
                 "pool_tokens": int(plan.pool_tokens), "pool_documents": int(plan.pool_docs.size),
                 "term_bridge_documents": float(self.doc_term_bridge.mean()),
                 "vocab_size": int(self.vocab_size), "tokenizer": self.tokenizer.config()}
@@ -443,8 +438,13 @@ class TextMixer(StepSampler):
         for i, source in enumerate(self.sources):
             names = self._stores[i].domain_names
             for name, questions in source.probe_questions().items():
-                out.append(answer_probe(self, name, questions, names, self._domain_offset[i]))
+                out.append(answer_probe(name, questions, names, self._domain_offset[i],
+                                        self.tokenizer, self.seq_len))
         for d, docs in enumerate(self._heldout_docs):
             if len(docs):
-                out.append(heldout_probe(self, self.domain_names[d], docs, d))
+                lengths = np.minimum(self.doc_len[docs], self.seq_len + 1)  # each document's head
+                heads = [self._gather(self.doc_store[[doc] * int(n)], self.doc_start[doc] + np.arange(n))
+                         for doc, n in zip(docs, lengths)]
+                out.append(heldout_probe(self.domain_names[d], d, docs, heads, self.seq_len,
+                                         self.tokenizer.eos_id))
         return out

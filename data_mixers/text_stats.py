@@ -4,15 +4,25 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
 
 import numpy as np
 
-if TYPE_CHECKING:
-    from data_mixers.text_mixer import TextMixer
+
+@dataclass(frozen=True)
+class DocumentFacts:
+    """Per document, what the statistics look up: its bridge flags, and its facts as
+    ``fact_ids[fact_offsets[d]:fact_offsets[d + 1]]`` with their token ``fact_spans``."""
+
+    bridge: np.ndarray
+    term_bridge: np.ndarray
+    fact_offsets: np.ndarray
+    fact_ids: np.ndarray
+    fact_spans: np.ndarray
+    n_facts: int
 
 
-def batch_stats(mixer: TextMixer, batch: Mapping[str, np.ndarray]) -> dict[str, float]:
+def batch_stats(docs: DocumentFacts, batch: Mapping[str, np.ndarray]) -> dict[str, float]:
     """What the batch really contains.
 
     ``bridge_density``: fraction of rows holding a document that links two domains in its
@@ -33,8 +43,8 @@ def batch_stats(mixer: TextMixer, batch: Mapping[str, np.ndarray]) -> dict[str, 
     run_start = present & (doc_id != previous)
     n_runs = int(run_start.sum())
     safe_id = np.where(present, doc_id, 0)
-    has_bridge = (present & mixer.doc_bridge[safe_id]).any(axis=1)
-    has_term_bridge = (present & mixer.doc_term_bridge[safe_id]).any(axis=1)
+    has_bridge = (present & docs.bridge[safe_id]).any(axis=1)
+    has_term_bridge = (present & docs.term_bridge[safe_id]).any(axis=1)
     ordered = np.sort(domain, axis=1)
     n_domains = (((ordered[:, 1:] != ordered[:, :-1]) & (ordered[:, 1:] >= 0)).sum(axis=1)
                  + (ordered[:, 0] >= 0))
@@ -48,24 +58,23 @@ def batch_stats(mixer: TextMixer, batch: Mapping[str, np.ndarray]) -> dict[str, 
         "docs_per_window": float(n_runs / len(doc_id)),
         "unique_documents": float(len(np.unique(doc_id[present]))),
     }
-    if mixer.n_facts:
-        facts = _facts_in_runs(mixer, doc_id, np.asarray(batch["doc_pos"]), run_start)
+    if docs.n_facts:
+        facts = _facts_in_runs(docs, doc_id, np.asarray(batch["doc_pos"]), run_start)
         stats["unique_facts"] = float(len(facts))
-        stats["fact_coverage"] = len(facts) / mixer.n_facts
+        stats["fact_coverage"] = len(facts) / docs.n_facts
     return stats
 
-def _facts_in_runs(mixer: TextMixer, doc_id: np.ndarray, doc_pos: np.ndarray,
+def _facts_in_runs(docs: DocumentFacts, doc_id: np.ndarray, doc_pos: np.ndarray,
                    run_start: np.ndarray) -> set[int]:
     """Facts whose token span lies inside one run (a fragment: consecutive positions of one
     document); starts and ends pair up because ``np.nonzero`` lists both in row order."""
     following = np.concatenate([doc_id[:, 1:], np.full((len(doc_id), 1), -1)], axis=1)
     run_end = (doc_id >= 0) & (doc_id != following)
-    docs = doc_id[run_start]
     first, last = doc_pos[run_start], doc_pos[run_end]
     facts: set[int] = set()
-    for d, lo_pos, hi_pos in zip(docs, first, last):
-        lo, hi = mixer.fact_offsets[d], mixer.fact_offsets[d + 1]
-        spans = mixer.fact_spans[lo:hi]
+    for d, lo_pos, hi_pos in zip(doc_id[run_start], first, last):
+        lo, hi = docs.fact_offsets[d], docs.fact_offsets[d + 1]
+        spans = docs.fact_spans[lo:hi]
         inside = (spans[:, 0] >= lo_pos) & (spans[:, 1] <= hi_pos + 1)
-        facts.update(mixer.fact_ids[lo:hi][inside].tolist())
+        facts.update(docs.fact_ids[lo:hi][inside].tolist())
     return facts

@@ -28,7 +28,8 @@ def run(overrides: list[str], callbacks: str, out: Path) -> dict:
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
-    from trainer.train import CONF_DIR, train
+    from trainer.errors import CONF_DIR
+    from trainer.train import train
 
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):

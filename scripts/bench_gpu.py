@@ -34,7 +34,7 @@ def build_model(name: str, vocab: int, seq_len: int):
     from hydra import compose, initialize_config_dir
     from hydra.utils import instantiate
 
-    from trainer.train import CONF_DIR
+    from trainer.errors import CONF_DIR
 
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
         cfg = compose("train", overrides=[f"model={name}", "paths.output_dir=unused"])
@@ -92,6 +92,8 @@ def measure(args, compile_model: bool) -> dict:
 
 def multi_device(args, n_gpus: int) -> dict:
     """A real elab-train run with pl=ddp over every GPU, at the same per-GPU batch."""
+    from trainer.run_dir import RunDir
+
     with tempfile.TemporaryDirectory() as tmp:
         tokens = args.ddp_steps * n_gpus * args.batch * 64
         cmd = [sys.executable, "-m", "trainer.train", f"model={args.model}", "pl=ddp",
@@ -99,10 +101,9 @@ def multi_device(args, n_gpus: int) -> dict:
                "progress=none", f"batch.global_size={n_gpus * args.batch * 16}",
                f"budget.tokens={tokens}", f"hydra.run.dir={tmp}/run"]
         result = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "WANDB_MODE": "disabled"})
-        summary_path = Path(tmp) / "run" / "summary.json"
-        if result.returncode or not summary_path.exists():
+        summary = RunDir(Path(tmp) / "run").read_summary()
+        if result.returncode or summary is None:
             return {"config": f"{args.model} ddp x{n_gpus}", "error": result.stderr[-2000:]}
-        summary = json.loads(summary_path.read_text())
         return {"config": f"{args.model} ddp x{n_gpus} (elab-train, modular arithmetic)",
                 "tokens_per_s": round(summary["tokens_per_s"]), "steps": summary["steps"]}
 

@@ -28,7 +28,8 @@ CHILD = r"""
 import json, logging, resource, sys, warnings
 import lightning as L
 from hydra import compose, initialize_config_dir
-from trainer.train import CONF_DIR, train
+from trainer.errors import CONF_DIR
+from trainer.train import train
 
 def rss_mb():
     with open("/proc/self/status") as f:

@@ -53,8 +53,8 @@ def default_run_rates(steps: int) -> tuple[tuple[float, float], tuple[float, flo
     from hydra.utils import instantiate
 
     from trainer.data import to_tensors
+    from trainer.errors import CONF_DIR
     from trainer.module import masked_cross_entropy
-    from trainer.train import CONF_DIR
 
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
         cfg = compose("train", overrides=["paths.output_dir=unused"])

@@ -49,7 +49,7 @@ def build_lab(name: str):
     from hydra import compose, initialize_config_dir
     from hydra.utils import instantiate
 
-    from trainer.train import CONF_DIR
+    from trainer.errors import CONF_DIR
 
     overrides, fixed = SHAPES[name]
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):

@@ -23,25 +23,24 @@ os.environ.setdefault("WANDB_MODE", "disabled")
 
 def build(overrides: list[str]):
     from hydra import compose, initialize_config_dir
-    from hydra.utils import instantiate
 
-    from trainer.train import CONF_DIR
+    from trainer.build import build_data
+    from trainer.errors import CONF_DIR
 
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
         cfg = compose("train", overrides=["paths.output_dir=unused", *overrides])
-    curriculum = instantiate(cfg.curriculum) if cfg.curriculum else None
-    sampler = instantiate(cfg.data, curriculum=curriculum, _convert_="all")
+    sampler = build_data(cfg)  # as elab-train builds it
     sampler.prepare()
     return cfg, sampler
 
 
 def make_model(cfg, sampler):
     import torch
-    from hydra.utils import instantiate
+
+    from trainer.build import build_model
 
     torch.manual_seed(cfg.seed)
-    return instantiate(cfg.model, vocab_size=sampler.vocab_size, max_seq_len=sampler.seq_len,
-                       item_dim=sampler.item_dim, _convert_="all")
+    return build_model(cfg, sampler)
 
 
 def warmup(cfg, steps: int) -> int:
@@ -92,8 +91,8 @@ def plain_loop(cfg, sampler, batches, steps: int) -> float:
 def lightning_loop(cfg, sampler, batches, steps: int) -> float:
     import lightning as L
 
-    from trainer.callbacks import Throughput
     from trainer.module import LitLM
+    from trainer.monitors.backbone import Throughput
 
     model = make_model(cfg, sampler)
     lit = LitLM(model, total_steps=steps, tokens_per_step=1, lr=cfg.optim.lr,

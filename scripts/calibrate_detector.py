@@ -17,13 +17,15 @@ flags, and the simulated-curve counterpart is ``scripts/eval_jump_detector.py``.
 from __future__ import annotations
 
 import argparse
-import csv
 from collections import defaultdict
 from pathlib import Path
 
 import yaml
 
 from trainer.measures.jumps import JumpDetector
+from trainer.monitors import JumpWatch
+from trainer.run_dir import RunDir, series_of
+from trainer.schema import callback_defaults
 
 COUNTS = ("knn_components", "h1_bars")
 EXPENSIVE = ("twonn", "knn_", "h0_", "h1_")
@@ -41,22 +43,19 @@ def family(series: str) -> str:
 
 
 def read_series(run: Path) -> dict[str, list[tuple[int, float]]]:
-    series: dict[str, list[tuple[int, float]]] = defaultdict(list)
-    with (run / "csv" / "metrics.csv").open() as f:
-        for row in csv.DictReader(f):
-            for key, value in row.items():
-                if key.startswith(("probe/", "topo/")) and value not in ("", None):
-                    series[key].append((int(row["step"]), float(value)))
-    return {k: sorted(v) for k, v in series.items()}
+    by_step = series_of(RunDir(run).read_metrics()[1])
+    return {k: sorted(v.items()) for k, v in by_step.items() if k.startswith(("probe/", "topo/"))}
 
 
 def detector(run: Path, topology_min_rel_size: float | None) -> JumpDetector:
-    """The detector JumpWatch builds from the run's ``callbacks.jumps`` (or the defaults)."""
-    config = run / ".hydra" / "config.yaml"
+    """The detector JumpWatch builds from the run's ``callbacks.jumps`` (a knob the run's config
+    lacks takes the default of conf/callbacks/default.yaml)."""
+    config = RunDir(run).config_path
     jumps = (yaml.safe_load(config.read_text()).get("callbacks") or {}).get("jumps") or {} if config.exists() else {}
-    settings = {k: jumps[k] for k in ("min_history", "z_confirm", "min_rel_size") if k in jumps}
-    topo = topology_min_rel_size if topology_min_rel_size is not None else jumps.get("topology_min_rel_size", 0.07)
-    return JumpDetector(**settings, min_rel_size_by_prefix={"topo/": topo})
+    settings = {**callback_defaults("jumps"), **{k: v for k, v in jumps.items() if k != "_target_"}}
+    if topology_min_rel_size is not None:
+        settings["topology_min_rel_size"] = topology_min_rel_size
+    return JumpWatch(**settings).detector
 
 
 def replay(run: Path, from_step: int, n_eval: int, topology_min_rel_size: float | None,

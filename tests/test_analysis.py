@@ -29,6 +29,9 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 TOKENS_PER_STEP = 1024
 CAPABILITY_JUMP_STEP = 600
 TOPOLOGY_JUMP_STEP = 400
+# Where the detector dates the jumps' onsets; the analysis dates a jump by its onset, as lead-lag does.
+CAPABILITY_ONSET_STEP = 550
+TOPOLOGY_ONSET_STEP = 350
 
 
 def write_run(run_dir, overrides, *, jumps: bool, status: str = "completed", steps: int = 1000):
@@ -77,7 +80,7 @@ def write_run(run_dir, overrides, *, jumps: bool, status: str = "completed", ste
             {
                 "series": "topo/layer1/eff_rank",
                 "step": TOPOLOGY_JUMP_STEP,
-                "onset_step": 350,
+                "onset_step": TOPOLOGY_ONSET_STEP,
                 "size": -8.0,
                 "score": 7.5,
                 "before": 12.0,
@@ -86,7 +89,7 @@ def write_run(run_dir, overrides, *, jumps: bool, status: str = "completed", ste
             {
                 "series": "probe/icl/acc",
                 "step": CAPABILITY_JUMP_STEP,
-                "onset_step": 550,
+                "onset_step": CAPABILITY_ONSET_STEP,
                 "size": 0.8,
                 "score": 9.1,
                 "before": 0.1,
@@ -181,12 +184,12 @@ def test_table_has_one_row_per_run_with_knobs_tokens_to_jump_and_lead(analysis):
     for row in rows:
         jumped = row["data.n_classes"] == "512" and row["status"] == "completed"
         assert row["tokens_to_jump"] == (
-            str((CAPABILITY_JUMP_STEP + 1) * TOKENS_PER_STEP) if jumped else ""
+            str((CAPABILITY_ONSET_STEP + 1) * TOKENS_PER_STEP) if jumped else ""
         )
         assert row["n_jumps"] == ("2" if jumped else "0")
         assert row["lead_series"] == ("topo/layer1/eff_rank" if jumped else "")
         assert row["lead_steps"] == (
-            str(CAPABILITY_JUMP_STEP - TOPOLOGY_JUMP_STEP) if jumped else ""
+            str(CAPABILITY_ONSET_STEP - TOPOLOGY_ONSET_STEP) if jumped else ""
         )
         assert float(row["probe/icl/acc"]) == pytest.approx(0.9 if jumped else 0.1)
         assert float(row["data/domain_entropy"]) == 1.5
@@ -204,7 +207,7 @@ def test_failed_run_is_listed_as_failed_and_left_out_of_the_averages(analysis, s
     grid = phase_grid(runs, "probe/icl/acc", "data.n_classes", "data.p_bursty")
     assert grid.x_values == ["64", "512"] and grid.y_values == ["0.5", "0.9"]
     np.testing.assert_allclose(grid.metric, [[0.1, 0.9], [0.1, 0.9]])
-    expected_tokens = (CAPABILITY_JUMP_STEP + 1) * TOKENS_PER_STEP  # after batch `step`: step + 1 seen
+    expected_tokens = (CAPABILITY_ONSET_STEP + 1) * TOKENS_PER_STEP  # after batch `step`: step + 1 seen
     np.testing.assert_array_equal(grid.tokens_to_jump, [[np.nan, expected_tokens]] * 2)
     np.testing.assert_array_equal(grid.n_completed, [[2, 2], [2, 1]])
     np.testing.assert_array_equal(grid.n_jumped, [[0, 2], [0, 1]])
@@ -261,8 +264,8 @@ def test_plot_run_marks_each_series_jumps(sweep, tmp_path):
     out = tmp_path / "run.png"
     marked = plot_run(sweep / "batch1" / "4", out)
     assert out.read_bytes().startswith(PNG_MAGIC)
-    assert marked["probe/icl/acc"] == [CAPABILITY_JUMP_STEP]
-    assert marked["topo/layer1/eff_rank"] == [TOPOLOGY_JUMP_STEP]
+    assert marked["probe/icl/acc"] == [CAPABILITY_ONSET_STEP]
+    assert marked["topo/layer1/eff_rank"] == [TOPOLOGY_ONSET_STEP]
     assert marked["topo/layer0/eff_rank"] == []
     assert {"train/loss", "probe/icl/logprob", "data/domain_entropy"} <= set(marked)
 
@@ -277,7 +280,7 @@ def test_plot_run_cli_writes_the_png_and_reports_the_jumps(sweep, tmp_path, caps
         == 0
     )
     assert out.read_bytes().startswith(PNG_MAGIC)
-    assert f"jumps of probe/icl/acc at steps {CAPABILITY_JUMP_STEP}" in capsys.readouterr().out
+    assert f"jumps of probe/icl/acc at steps {CAPABILITY_ONSET_STEP}" in capsys.readouterr().out
 
 
 def test_a_failed_run_loads_and_plots(sweep, tmp_path):

@@ -157,11 +157,12 @@ def test_the_evaluation_at_step_0_does_not_hide_the_next_rise():
     step 0 (the untrained model has not learned the answer format), the ~0.25 plateau, then a
     rise to 0.63 by step 374. With step 0 in the noise history the rise was never flagged."""
     from trainer.monitors import JumpWatch
+    from trainer.schema import callback_defaults
 
     values = [0.0, 0.094, 0.152, 0.254, 0.25, 0.289, 0.23, 0.285, 0.273, 0.301, 0.289, 0.293,
               0.34, 0.438, 0.512, 0.625, 0.668, 0.711, 0.762, 0.773]
     steps = [0] + [25 * i - 1 for i in range(1, len(values))]
-    watch = JumpWatch()
+    watch = JumpWatch(**callback_defaults("jumps"))
     for step, value in zip(steps, values):
         watch.observe(step, {"probe/icl/acc": value}, {"probe/icl/acc": 256})
     events = watch.detector.events

@@ -135,7 +135,7 @@ def test_llc_monitor_logs_the_llc_on_its_schedule_and_leaves_training_alone(tmp_
         with (run / "csv" / "metrics.csv").open() as f:
             return {int(r["step"]): float(r[key]) for r in csv.DictReader(f) if r.get(key)}
 
-    llc = ["+callbacks.llc._target_=trainer.llc_monitor.LLCMonitor", "+callbacks.llc.first_step=4",
+    llc = ["+callbacks.llc._target_=trainer.monitors.llc.LLCMonitor", "+callbacks.llc.first_step=4",
            "+callbacks.llc.log_per_octave=1", "+callbacks.llc.batch_size=16",
            "+callbacks.llc.n_batches=2", "+callbacks.llc.chains=2", "+callbacks.llc.steps=24",
            "+callbacks.llc.burn_in=4", "+callbacks.llc.lr=1e-4"]
@@ -153,3 +153,38 @@ def test_llc_monitor_logs_the_llc_on_its_schedule_and_leaves_training_alone(tmp_
     # Early on w* is no minimum yet: a negative estimate is logged, and named in its problems.
     assert all(any("negative" in p for p in t["problems"]) == (t["mean"] < 0) for t in traces)
     assert summary["monitor_seconds"]["LLCMonitor"] > 0
+
+
+def test_llc_series_reach_the_jump_detector_through_the_bus(tmp_path):
+    """The LLC monitor publishes like every monitor: llc/mean is a series the jump watch watches
+    (its diagnostics are logged only), so a jump in the LLC is flagged."""
+    from types import SimpleNamespace
+
+    from trainer.monitors import JumpWatch, MonitorBus
+    from trainer.monitors.llc import LLCMonitor
+    from trainer.schema import callback_defaults
+
+    class Estimate:
+        problems, diverged = [], False
+
+        def __init__(self, mean: float) -> None:
+            self.mean = mean
+
+        def metrics(self) -> dict[str, float]:
+            return {"llc/mean": self.mean, "llc/std": 0.5 * self.mean}
+
+        def trace_dict(self) -> dict:
+            return {}
+
+    watch = JumpWatch(**callback_defaults("jumps"))
+    monitor = LLCMonitor(log_per_octave=0, every_n_steps=1, first_step=1)
+    MonitorBus().attach([watch, monitor])
+    monitor.schedule, monitor.traces_path = set(range(1, 41)), tmp_path / "traces.jsonl"
+    trainer = SimpleNamespace(is_global_zero=True, global_step=0, loggers=[], callback_metrics={})
+    for step in range(1, 41):
+        trainer.global_step = step
+        mean = (1.0 if step < 25 else 3.0) + 0.01 * (-1) ** step
+        monitor.estimate = lambda model, batches, mean=mean: Estimate(mean)
+        monitor.on_train_batch_end(trainer, SimpleNamespace(model=None), None, None, 0)
+    assert [e.series for e in watch.detector.events] == ["llc/mean"]
+    assert float(trainer.callback_metrics["llc/std"]) == pytest.approx(1.5, abs=0.01)

@@ -13,9 +13,13 @@ import pytest
 import torch
 
 from tests.conftest import compose_cfg
+from trainer.monitors import MonitorBus
+from trainer.monitors.trail import CheckpointTrail, log_linear_steps, trail_steps
 from trainer.retro import choose_steps, detect_onsets, lead_lag_report, llc_steps
 from trainer.retro import main as retro_main
-from trainer.trail import CheckpointTrail, log_linear_steps, trail_steps
+from trainer.schema import callback_defaults
+
+TRAIL = callback_defaults("trail")  # conf/callbacks/default.yaml: the defaults a run gets
 
 
 def test_schedule_is_log_spaced_early_and_linear_later():
@@ -37,8 +41,10 @@ def _fake_trail(tmp_path: Path, steps, size: int = 2**20) -> Path:
 
 def test_over_budget_the_trail_thins_evenly_spares_jump_onsets_and_keeps_last(tmp_path):
     directory = _fake_trail(tmp_path, [1, 2, 3, 4, 50, 100, 150, 200, 250, 300])
-    (tmp_path / "events.jsonl").write_text(json.dumps({"series": "probe/x/acc", "onset_step": 99}) + "\n")
-    trail = CheckpointTrail(str(directory), budget_mb=6.0, protect_window=10)
+    trail = CheckpointTrail(str(directory), **{**TRAIL, "budget_mb": 6.0, "protect_window": 10})
+    bus = MonitorBus()
+    bus.attach([trail])
+    bus.publish_jumps([{"series": "probe/x/acc", "onset_step": 99}])  # as the jump watch does
     trail._thin()
     kept = sorted(trail_steps(directory))
     assert len(kept) == 6 and kept[0] == 1 and kept[-1] == 300
@@ -50,7 +56,7 @@ def test_over_budget_the_trail_thins_evenly_spares_jump_onsets_and_keeps_last(tm
 def test_resume_keeps_the_trail_up_to_its_checkpoint(tmp_path):
     directory = _fake_trail(tmp_path, [5, 10, 15, 20], size=10)
     trainer = SimpleNamespace(max_steps=40, global_step=10, is_global_zero=True)
-    CheckpointTrail(str(directory), every_n_steps=5).on_train_start(trainer, None)
+    CheckpointTrail(str(directory), **{**TRAIL, "every_n_steps": 5}).on_train_start(trainer, None)
     assert sorted(trail_steps(directory)) == [5, 10]  # 15, 20 are about to be trained again
 
 
@@ -58,9 +64,9 @@ def test_bad_trail_settings_name_their_key():
     from trainer.config import ConfigError
 
     with pytest.raises(ConfigError, match="callbacks.trail.every_n_steps"):
-        CheckpointTrail("x", every_n_steps=-1)
+        CheckpointTrail("x", **{**TRAIL, "every_n_steps": -1})
     with pytest.raises(ConfigError, match="callbacks.trail.budget_mb"):
-        CheckpointTrail("x", budget_mb=0)
+        CheckpointTrail("x", **{**TRAIL, "budget_mb": 0})
 
 
 def test_steps_are_dense_around_onsets_and_sparse_elsewhere():

@@ -125,7 +125,7 @@ def test_fewer_unique_tokens_fewer_distinct_documents_more_repetition(cache):
     assert seen(small) < seen(full)
     assert small.describe()["pool_tokens"] < full.describe()["pool_tokens"]
     assert small.describe()["pool_tokens"] == pytest.approx(3000, rel=0.5)
-    assert small.repetition_factor(10**6) > full.repetition_factor(10**6)
+    assert small.pool_epochs(10**6) > full.pool_epochs(10**6)
     assert set(np.unique(small.batch(0, 64)["domain"])) - {-1} == {0, 1, 2, 3}
 
 
@@ -286,8 +286,8 @@ def test_two_stage_curriculum_switches_from_descriptions_to_qa(cache):
     m = TextMixer(source=QA_WORLD, seq_len=64, cache_dir=cache, seed=3, focus_domain="qa",
                   curriculum=two_stage)
     m.prepare()
-    pretrain_pool = m.repetition_factor(10_000)  # before bind: the schedule's start
+    pretrain_pool = m.pool_epochs(10_000)  # before bind: the schedule's start
     m.bind(10)
     assert qa_token_share(m, range(5)) == 0.0 and qa_token_share(m, range(5, 10)) == 1.0
     assert m.knobs_at(4)["focus_share"] == 0.0 and m.knobs_at(5)["focus_share"] == 1.0
-    assert pretrain_pool == m.repetition_factor(10_000, step=0) < m.repetition_factor(10_000, 9)
+    assert pretrain_pool == m.pool_epochs(10_000, step=0) < m.pool_epochs(10_000, 9)

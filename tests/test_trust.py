@@ -6,16 +6,20 @@ from __future__ import annotations
 
 import csv
 import json
+from pathlib import Path
 
 import pytest
+from omegaconf import OmegaConf
 
 from data_mixers.base import DataConfigError
 from data_mixers.sources.hf import HFSource
 from tests.conftest import compose_cfg
 from trainer.config import ConfigError, validate
-from trainer.loggers import _KeepEarlierRowsWriter, read_metrics_csv
+from trainer.loggers import _KeepEarlierRowsWriter
 from trainer.resume import identity_diff
-from trainer.schema import KNOBS, reference_markdown
+from trainer.run_dir import read_metrics_csv
+from trainer.schema import KNOBS, places
+from trainer.schema.reference import compose_every_option, reference_markdown
 
 # (overrides, a word the message must contain): every case of the Trust issue that validation
 # alone catches, before the data or the model exists.
@@ -90,12 +94,37 @@ def test_a_torn_last_csv_row_is_dropped_on_resume(tmp_path):
     assert path.read_text().endswith("\n")
 
 
-def test_the_knob_reference_lists_every_knob_with_the_configured_default(tmp_path):
-    cfg = compose_cfg([], tmp_path)
-    reference = reference_markdown(cfg)
+def test_the_knob_reference_covers_every_key_of_every_config_group_and_is_the_readme_table():
+    configs = compose_every_option()
+    cfg = configs[0][1]
+    reference = reference_markdown(configs)
     assert f"| `optim.lr` | float | `{cfg.optim.lr}` |" in reference
-    assert f"| `callbacks.probes.every_n_steps` | int | `{cfg.callbacks.probes.every_n_steps}` |" in reference
+    assert (f"| `callbacks.jumps.topology_min_rel_size` (JumpWatch) | float | "
+            f"`{cfg.callbacks.jumps.topology_min_rel_size}` |") in reference
     assert len(reference.splitlines()) == len(KNOBS) + 2
+    # Every key conf/ sets (not taken from another with ${...}) has its row: one home per knob.
+    documented = {key for _, c in configs for knob in KNOBS for key, _ in places(c, knob)}
+    for label, c in configs:
+        missing = sorted(set(_leaves(c)) - documented)
+        assert not missing, f"{label or 'the default config'}: keys without a knob in trainer/schema: {missing}"
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    start = readme.index("| key | type | default | allowed | what it sets |")
+    assert readme[start:readme.index("\n\n", start)] == reference, (
+        "README's knob reference differs from `python -m trainer.schema`: paste its output")
+
+
+def _leaves(cfg, path=()):
+    """Dotted keys of the values conf/ sets, but Hydra's and the ones taken from another key."""
+    for key in cfg:
+        if not path and key in ("hydra", "paths"):
+            continue
+        node = cfg._get_node(key)
+        if path in (("callbacks",), ("logger",)) and node._is_none():
+            continue  # callbacks.<name>=null drops a component: not a knob
+        if OmegaConf.is_dict(node) and key != "knobs":
+            yield from _leaves(node, (*path, key))
+        elif not str(key).startswith("_") and "${" not in str(node._value()):
+            yield ".".join((*path, str(key)))
 
 
 @pytest.mark.parametrize("rows,word", [([{"text": "a b"}, {"text": 7}], "int"),

@@ -25,7 +25,7 @@ from trainer.config import ConfigError, check_probes_fit
 from trainer.export.cli import main as export_main
 from trainer.retro import main as retro_main
 from trainer.retro_lock import lock_retro
-from trainer.trail import trail_steps
+from trainer.run_dir import trail_steps
 
 TINY = ["pl=cpu", "progress=none", "data=modular_arithmetic", "data.p=13", "model=gpt_tiny",
         "model.n_layer=1", "model.d_model=32", "batch.global_size=16", "budget.tokens=1280",
@@ -237,7 +237,7 @@ def test_an_empty_or_undecodable_hf_file_is_named(tmp_path, content, word):
 
 @pytest.mark.parametrize("overrides,key", [
     (["callbacks.trail.budget_mb=0"], "callbacks.trail.budget_mb"),
-    (["+callbacks.llc._target_=trainer.llc_monitor.LLCMonitor", "+callbacks.llc.chains=0"],
+    (["+callbacks.llc._target_=trainer.monitors.llc.LLCMonitor", "+callbacks.llc.chains=0"],
      "callbacks.llc.chains"),
 ])
 def test_a_callback_setting_it_refuses_is_named_before_training(tmp_path, overrides, key):

@@ -89,7 +89,7 @@ def _crafted_targets(tmp_path: Path) -> dict[str, object]:
         "through-an-import": {"_target_": "trainer.train.os.system", "_args_": [f"touch {marker}"]},
         "interpolated": "${oc.create:'{_target_: os.system, _args_: [touch " + str(marker) + "]}'}",
         # the lab's own writer functions are not components either: this one writes any path
-        "own-writer": {"_target_": "trainer.run_info.write_json", "path": str(marker), "payload": {}},
+        "own-writer": {"_target_": "trainer.run_dir.write_metrics_csv", "path": str(marker), "header": [], "rows": []},
     }
 
 

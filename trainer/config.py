@@ -8,12 +8,9 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from trainer.errors import ConfigError  # its home is the leaf; still importable from here
+from trainer.run_dir import RunDir
 from trainer.schema import KNOBS, check_knobs
-
-
-class ConfigError(ValueError):
-    """The configuration cannot run; raised before training starts."""
-
 
 # Top-level keys: the trainer's knobs (trainer.schema) and the groups composed from conf/.
 TOP_LEVEL = {knob.key.split(".")[0] for knob in KNOBS if not knob.key.startswith(("model.", "callbacks."))} | {
@@ -181,7 +178,7 @@ def resolve_checkpoint(ckpt_path: str | None, run_dir: Path, multirun: bool = Fa
     overwrite); ``last``: this run dir's last checkpoint; else a path that must exist. In a
     multirun, ``last`` with no checkpoint yet is a fresh start: re-running a sweep with
     ``ckpt_path=last`` resumes the interrupted jobs and starts the ones never started."""
-    last = run_dir / "checkpoints" / "last.ckpt"
+    last = RunDir(run_dir).last_checkpoint
     if ckpt_path is None:
         if last.exists():
             raise ConfigError(

@@ -3,12 +3,10 @@ sweep's table lists the job) and, for bad input, one line instead of a traceback
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from omegaconf import DictConfig
 
 from trainer.cli_errors import path_problem
-from trainer.run_info import write_json
+from trainer.run_dir import RunDir
 from trainer.runlock import RunDirBusy
 
 
@@ -16,16 +14,15 @@ def record_failure(cfg: DictConfig, exc: Exception, overrides: list[str]) -> Non
     """A job that failed before training still leaves a summary, so a sweep's table lists it.
     Nothing is written into a run dir that holds a run already (a finished one, a checkpoint to
     resume, another process's lock) or that cannot be written."""
-    run_dir = Path(cfg.paths.output_dir)
-    path = run_dir / "summary.json"
-    holds_run = (run_dir / "checkpoints" / "last.ckpt").exists() or path.exists()
+    run = RunDir(cfg.paths.output_dir)
+    run_dir = run.path
+    holds_run = run.last_checkpoint.exists() or run.summary_path.exists()
     if isinstance(exc, RunDirBusy) or holds_run or cfg.get("ckpt_path") not in (None, "last"):
         return
     if not run_dir.is_dir():
         return
     try:
-        write_json(
-            path,
+        run.write_summary(
             {
                 "status": "failed",
                 "error": f"{type(exc).__name__}: {exc}",

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import base64
-import csv
-import io
 import json
 import logging
 import netrc
@@ -20,39 +18,9 @@ from lightning.fabric.loggers.logger import rank_zero_experiment
 from lightning.pytorch.loggers import CSVLogger, WandbLogger
 
 from trainer.config import ConfigError
+from trainer.run_dir import read_metrics_csv, write_metrics_csv
 
 log = logging.getLogger("emergence_lab")
-
-
-def read_metrics_csv(path: Path) -> tuple[list[str], list[dict[str, str]]]:
-    """The header and whole rows of a metrics.csv. A process killed while appending leaves a
-    last line without its line end (a torn row): it is dropped, as is any row whose step is not
-    an integer, so a killed run can always be resumed and read."""
-    text = path.read_text(errors="replace")
-    if text and not text.endswith("\n"):
-        text = text[: text.rfind("\n") + 1]
-    reader = csv.DictReader(io.StringIO(text, newline=""))
-    header = list(reader.fieldnames or [])
-    rows = []
-    for row in reader:
-        if None in row or any(v is None for v in row.values()):
-            continue
-        try:
-            int(row.get("step") or "")
-        except ValueError:
-            continue
-        rows.append(row)
-    return header, rows
-
-
-def _write_rows(path: Path, header: list[str], rows: list[dict[str, str]]) -> None:
-    """Through a temporary file and a rename: a kill mid-write leaves the old file whole."""
-    tmp = path.with_suffix(".csv.tmp")
-    with tmp.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=header)
-        writer.writeheader()
-        writer.writerows(rows)
-    tmp.replace(path)
 
 
 class _KeepEarlierRowsWriter(_ExperimentWriter):
@@ -74,13 +42,13 @@ class _KeepEarlierRowsWriter(_ExperimentWriter):
         if "step" not in header:  # nothing readable was kept: start the file afresh
             path.unlink()
             return
-        _write_rows(path, header, [r for r in rows if int(r["step"]) < self._keep_before_step])
+        write_metrics_csv(path, header, [r for r in rows if int(r["step"]) < self._keep_before_step])
         self.metrics_keys = header
 
     def _rewrite_with_new_header(self, fieldnames: list[str]) -> None:
         path = Path(self.metrics_file_path)
         _, rows = read_metrics_csv(path)
-        _write_rows(path, fieldnames, rows)
+        write_metrics_csv(path, fieldnames, rows)
 
 
 class ResumableCSVLogger(CSVLogger):

@@ -9,6 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from trainer.steps import tokens_seen
+
 
 def masked_cross_entropy(
     logits: torch.Tensor, targets: torch.Tensor, loss_mask: torch.Tensor,
@@ -82,7 +84,8 @@ class LitLM(L.LightningModule):
                 )
             # sync_dist: under data parallelism the logged loss is the global batch's, not rank 0's.
             self.log("train/loss", loss, prog_bar=True, sync_dist=True)
-            self.log("train/tokens_seen", float((self.global_step + 1) * self.tokens_per_step))
+            # Inside training_step the global step is this batch's index: its log step.
+            self.log("train/tokens_seen", float(tokens_seen(self.global_step, self.tokens_per_step)))
             self.log("train/lr", self.lr_schedulers().get_last_lr()[0])
         return loss
 

@@ -9,11 +9,11 @@ first one's summary; it is refused, naming the differing keys.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 from trainer.config import ConfigError
+from trainer.run_dir import RunDir
 
 # Keys that may differ without changing the experiment: where caches live, whether a token store
 # is re-hashed on opening (data.verify) and whether its build shows a bar (data.progress).
@@ -81,15 +81,15 @@ def check_same_run(run_dir: Path, ckpt: Path, ckpt_path: str, saved_run_id: str 
     would splice two runs' metrics, trail and summary into one. Runs are told apart by the id
     each records in its checkpoints and summary; for runs of an older version, which record
     none, the checkpoint must be one of the run dir's own."""
-    run_dir = Path(run_dir)
-    last = run_dir / "checkpoints" / "last.ckpt"
-    own_id = _run_id_of(run_dir / "summary.json", last)
+    run = RunDir(run_dir)
+    last = run.last_checkpoint
+    own_id = _run_id_of(run, last)
     if own_id is None and not last.exists():
         return  # no run here yet (at most a start that failed): continuing elsewhere is a copy
     if saved_run_id and own_id:
         same = saved_run_id == own_id
     else:
-        same = Path(ckpt).resolve().parent == (run_dir / "checkpoints").resolve()
+        same = Path(ckpt).resolve().parent == run.checkpoints_dir.resolve()
     if not same:
         raise ConfigError(
             f"ckpt_path={ckpt_path!r}: {ckpt} is a checkpoint of another run (run id "
@@ -99,10 +99,10 @@ def check_same_run(run_dir: Path, ckpt: Path, ckpt_path: str, saved_run_id: str 
         )
 
 
-def _run_id_of(summary: Path, last: Path) -> str | None:
+def _run_id_of(run: RunDir, last: Path) -> str | None:
     """The run id a run dir records: in summary.json, else in its last.ckpt."""
     try:
-        run_id = json.loads(summary.read_text()).get("run_id")
+        run_id = run.read_summary().get("run_id")
         if run_id:
             return run_id
     except (OSError, ValueError, AttributeError):
@@ -146,9 +146,8 @@ def check_weights_fit(saved: dict[str, Any], model_state: dict[str, Any], ckpt_p
 def finished_summary(run_dir: Path, ckpt_step: int, total_steps: int) -> dict[str, Any] | None:
     """The run dir's summary when it records a completed run that this budget does not extend
     (resuming it is then a no-op), else None."""
-    path = Path(run_dir) / "summary.json"
     try:
-        summary = json.loads(path.read_text())
+        summary = RunDir(run_dir).read_summary() or {}
     except (OSError, ValueError):
         return None
     if summary.get("status") == "completed" and ckpt_step >= total_steps:

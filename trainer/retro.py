@@ -2,7 +2,7 @@
 
 Online, a run measures what it can afford: the expensive representation metrics (kNN graph, H0,
 H1) and the LLC only now and then, and the detector flags a jump a few evaluations after it
-happened. Offline, the checkpoint trail (``checkpoints/step-<n>.ckpt``, :mod:`trainer.trail`)
+happened. Offline, the checkpoint trail (``checkpoints/step-<n>.ckpt``, :mod:`trainer.monitors.trail`)
 holds the model at many steps, so this command measures everything again, densely where it
 matters: every trail checkpoint within ``--window`` steps of each detected jump's onset
 (``events.jsonl``), plus ``--sparse`` checkpoints spread log-uniformly over the rest of the run.
@@ -31,24 +31,23 @@ of ``trainer.measures``) with the settings of the run's callback config.
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import logging
 import os
 import sys
-import uuid
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from trainer import run_info
 from trainer.cli_errors import report_bad_input
 from trainer.config import ConfigError
 from trainer.retro_lock import lock_retro
-from trainer.measures.transitions import write_transitions
+from trainer.measures.transitions import fit_report
 from trainer.retro_measure import load_setup, load_weights, measure
+from trainer.run_dir import RunDir, read_metrics_csv, write_metrics_csv
+from trainer.steps import log_step
 
 log = logging.getLogger("emergence_lab")
 MONITORS = ("probes", "topology", "llc")
@@ -58,10 +57,9 @@ PREFIX = {"probes": "probe/", "topology": "topo/", "llc": "llc/"}
 def checkpoints(run_dir: Path) -> dict[int, Path]:
     """Trail checkpoints by global step, and ``last.ckpt`` when its step is not on the trail."""
     from trainer.run_files import load_checkpoint
-    from trainer.trail import trail_steps
 
-    found = trail_steps(run_dir / "checkpoints")
-    last = run_dir / "checkpoints" / "last.ckpt"
+    run = RunDir(run_dir)
+    found, last = run.trail(), run.last_checkpoint
     if last.is_file():
         step = load_checkpoint(last).get("global_step")
         if not isinstance(step, int):
@@ -73,8 +71,8 @@ def checkpoints(run_dir: Path) -> dict[int, Path]:
 
 def read_events(run_dir: Path) -> list[dict[str, Any]]:
     """The run's online jump events; each must give its series and onset step."""
-    path = run_dir / "events.jsonl"
-    events = run_info.read_events(path)
+    run = RunDir(run_dir)
+    path, events = run.events_path, run.read_events()
     for number, event in enumerate(events, start=1):
         if not (isinstance(event, dict) and isinstance(event.get("series"), str)
                 and isinstance(event.get("onset_step"), int)):
@@ -85,7 +83,7 @@ def read_events(run_dir: Path) -> list[dict[str, Any]]:
 
 def _near(step: int, onsets: Sequence[int], window: int) -> bool:
     """Whether the checkpoint at global ``step`` lies within ``window`` of an onset (a log step)."""
-    return any(abs((step - 1) - onset) <= window for onset in onsets)
+    return any(abs(log_step(step) - onset) <= window for onset in onsets)
 
 
 def _log_uniform(steps: Sequence[int], k: int) -> set[int]:
@@ -121,23 +119,17 @@ def llc_steps(chosen: Sequence[int], onsets: Sequence[int], window: int, points:
 def read_rows(path: Path) -> dict[int, dict[str, float]]:
     if not path.is_file():
         return {}
-    with path.open() as f:
-        return {int(r["global_step"]): {k: int(v) if k in ("step", "global_step") else float(v)
-                                        for k, v in r.items() if v not in ("", None)}
-                for r in csv.DictReader(f)}
+    return {int(r["global_step"]): {k: int(v) if k in ("step", "global_step") else float(v)
+                                    for k, v in r.items() if v not in ("", None)}
+            for r in read_metrics_csv(path)[1]}
 
 
 def write_rows(path: Path, rows: dict[int, dict[str, float]]) -> None:
     """All rows, sorted by step, columns the union of every row's series; written atomically."""
     columns = ["step", "global_step"] + sorted({k for r in rows.values() for k in r} - {"step", "global_step"})
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    with tmp.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=columns)
-        writer.writeheader()
-        for global_step in sorted(rows):
-            writer.writerow({k: (int(v) if k in ("step", "global_step") else repr(v))
-                             for k, v in rows[global_step].items()})
-    os.replace(tmp, path)
+    write_metrics_csv(path, columns, [{k: (int(v) if k in ("step", "global_step") else repr(v))
+                                       for k, v in rows[global_step].items()}
+                                      for global_step in sorted(rows)])
 
 
 def detect_onsets(rows: dict[int, dict[str, float]], cfg: Any, n_eval: dict[str, int]) -> list[dict[str, Any]]:
@@ -145,10 +137,13 @@ def detect_onsets(rows: dict[int, dict[str, float]], cfg: Any, n_eval: dict[str,
     LLC's diagnostics: its confirmed events, each with the ``resolution`` of its onset (the steps
     since the series' previous checkpoint), marked ``source: retro``."""
     from trainer.monitors import JumpWatch
+    from trainer.schema import callback_defaults
 
-    # The detector exactly as the run's JumpWatch builds it from the same config entry.
+    # The detector exactly as the run's JumpWatch builds it from the same config entry (a knob
+    # its config predates takes today's default).
     jumps_cfg = (cfg.get("callbacks") or {}).get("jumps") or {}
-    detector = JumpWatch(**{k: v for k, v in jumps_cfg.items() if k != "_target_"}).detector
+    settings = {**callback_defaults("jumps"), **{k: v for k, v in jumps_cfg.items() if k != "_target_"}}
+    detector = JumpWatch(**settings).detector
     # The LLC's chains, spread, R-hat and initial loss are diagnostics of one estimate, not series.
     series = sorted(k for k in {k for r in rows.values() for k in r} - {"step", "global_step"}
                     if not k.startswith("llc/") or k == "llc/mean")
@@ -159,7 +154,7 @@ def detect_onsets(rows: dict[int, dict[str, float]], cfg: Any, n_eval: dict[str,
             value = rows[global_step].get(name)
             if value is None:
                 continue
-            step = global_step - 1
+            step = log_step(global_step)
             if last is not None:
                 previous[(name, step)] = last
             last = step
@@ -223,7 +218,7 @@ def retro(run_dir: Path, monitors: Sequence[str] = MONITORS, steps: Sequence[int
     from trainer.run_config import load_run_config
 
     load_run_config(run_dir)  # its checks before retro/ is made: a refused run dir stays as it was
-    out_dir = run_dir / "retro"
+    out_dir = RunDir(run_dir).retro_dir
     out_dir.mkdir(exist_ok=True)
     lock = lock_retro(out_dir)
     try:
@@ -239,7 +234,7 @@ def _retro(run_dir: Path, out_dir: Path, available: dict[int, Path], online: lis
     """:func:`retro` once its input is checked and the run's retro lock held."""
     from tqdm import tqdm
 
-    from trainer.llc_monitor import llc_batches
+    from trainer.monitors.llc import llc_batches
 
     rows = read_rows(out_dir / "metrics.csv")
     # Resumable: a checkpoint is measured by the monitors whose series its row does not hold yet.
@@ -259,7 +254,7 @@ def _retro(run_dir: Path, out_dir: Path, available: dict[int, Path], online: lis
             log.warning("%s vanished (the run thinned its trail): skipped", available[global_step])
             continue
         values, problems[global_step] = measure(setup, todo[global_step])
-        rows[global_step] = {**rows.get(global_step, {}), "step": global_step - 1,
+        rows[global_step] = {**rows.get(global_step, {}), "step": log_step(global_step),
                              "global_step": global_step, **values}
         write_rows(out_dir / "metrics.csv", rows)
     n_eval = {f"probe/{p.name}/acc": min(len(p.batch["input_ids"]), setup.probe_rows) for p in setup.probes}
@@ -271,13 +266,14 @@ def _retro(run_dir: Path, out_dir: Path, available: dict[int, Path], online: lis
         "step_convention": "step = global_step - 1, as in csv/metrics.csv and events.jsonl",
         "lead_lag": lead_lag_report(retro_events, online, window),
         "retro_events": retro_events,
-        "problems": {str(s - 1): p for s, p in problems.items() if p},
+        "problems": {str(log_step(s)): p for s, p in problems.items() if p},
     }
-    (out_dir / "lead_lag.json").write_text(json.dumps(report, indent=1))
+    RunDir(run_dir).write_text(out_dir / "lead_lag.json", json.dumps(report, indent=1))
     # The same fits as the run's own transitions.json, on the retro pass's denser grid.
-    write_transitions(out_dir / "transitions.json", rows.values(),
-                      setup.cfg.batch.global_size * setup.sampler.seq_len,
-                      list((setup.cfg.get("transitions") or {}).get("series") or []), "retro/metrics.csv")
+    RunDir(run_dir).write_transitions(
+        fit_report(rows.values(), setup.cfg.batch.global_size * setup.sampler.seq_len,
+                   list((setup.cfg.get("transitions") or {}).get("series") or []), "retro/metrics.csv"),
+        out_dir / "transitions.json")
     plot_retro(rows, report, out_dir / "retro.png")
     return report
 
@@ -334,8 +330,8 @@ def calibrate(run_dir: Path, global_step: int | None, lrs: Sequence[float], n_be
               device: str | None = None) -> list[dict[str, Any]]:
     """:func:`trainer.measures.llc.calibrate_llc` on one checkpoint (default: the last), with the
     run's LLC settings for everything but the grid."""
-    from trainer.llc_monitor import llc_batches, lm_loss
     from trainer.measures.llc import calibrate_llc
+    from trainer.monitors.llc import llc_batches, lm_loss
 
     available = checkpoints(run_dir)
     if not available:

@@ -1,10 +1,12 @@
 """Rebuilding a run for ``elab-retro`` and measuring one checkpoint with the online monitors'
-functions (``score_probe``, ``topology_points`` and the pure functions of ``trainer.measures``).
+functions (``score_probe``, ``topology_points``, ``measure_topology``, ``weight_values``, the
+LLC monitor's ``estimate``).
 
-The model and data come from ``RUN_DIR/.hydra/config.yaml``, built as ``elab-train`` builds
-them; the monitors' settings from the run's callback config, so a retro value at a step is the
-online value at that step (the probes exactly; topology with the expensive metrics at every
-checkpoint).
+The model and data come from ``RUN_DIR/.hydra/config.yaml``, built by :mod:`trainer.build` as
+``elab-train`` builds them; the monitors' settings from the run's callback config over the
+defaults of ``conf/callbacks/default.yaml`` (:func:`trainer.build.monitor_settings`), so a retro
+value at a step is the online value at that step (the probes exactly; topology with the expensive
+metrics at every checkpoint).
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ class Setup:
     device: Any
     probes: list
     probe_rows: int
-    topology: dict[str, Any]
+    topology: dict[str, Any]  # the topology monitor's settings
     llc: Any
     llc_batches: list | None = None
 
@@ -38,34 +40,26 @@ class Setup:
 def load_setup(run_dir: Path, device: str | None = None) -> Setup:
     """Rebuild data and model from ``run_dir/.hydra/config.yaml`` (the way ``trainer.train`` does)."""
     import torch
-    from hydra.utils import instantiate
     from omegaconf import DictConfig
 
-    from trainer.llc_monitor import LLCMonitor
+    from trainer.build import build_data, build_model, monitor_settings
+    from trainer.monitors.llc import LLCMonitor
     from trainer.run_config import load_run_config
-    from trainer.train import _build
 
     cfg = load_run_config(run_dir)  # every _target_ in it checked: a run dir never runs code
     if not all(isinstance(cfg.get(key), DictConfig) for key in ("data", "model")):
         raise ConfigError(f"{run_dir / '.hydra' / 'config.yaml'} is not a run config of elab-train "
                           "(no data and model groups): an edited or foreign file")
-    curriculum = _build(cfg.curriculum) if cfg.get("curriculum") else None
-    sampler = _build(cfg.data, curriculum=curriculum)
+    sampler = build_data(cfg)
     sampler.prepare()
-    model = _build(cfg.model, vocab_size=sampler.vocab_size, max_seq_len=sampler.seq_len,
-                   item_dim=sampler.item_dim)
+    model = build_model(cfg, sampler)
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    callbacks = cfg.get("callbacks") or {}
-    probes_cfg, topology_cfg = callbacks.get("probes") or {}, callbacks.get("topology") or {}
-    llc_cfg = callbacks.get("llc")
-    llc = instantiate(llc_cfg) if llc_cfg and "_target_" in llc_cfg else LLCMonitor()
     return Setup(
         cfg=cfg, sampler=sampler, model=model.to(device).eval(), device=device,
         probes=[p for p in sampler.probe_sets() if p.meta.get("meaningful", True)],
-        probe_rows=int(probes_cfg.get("max_rows", 256)),
-        topology={"n_points": int(topology_cfg.get("n_points", 128)), "k": int(topology_cfg.get("k", 10)),
-                  "h1_points": int(topology_cfg.get("h1_points", 64))},
-        llc=llc,
+        probe_rows=int(monitor_settings(cfg, "probes")["max_rows"]),
+        topology=monitor_settings(cfg, "topology"),
+        llc=LLCMonitor(**monitor_settings(cfg, "llc")),
     )
 
 
@@ -105,39 +99,28 @@ def measure(setup: Setup, monitors: Sequence[str]) -> tuple[dict[str, float], li
 
 
 def _topology(setup: Setup, problems: list[str]) -> dict[str, float]:
-    """Every topology metric, the expensive ones (kNN graph, H0, H1) included, at every layer, on
-    the points the online monitor uses (``topology_points``)."""
-    import torch
-
-    from trainer.measures import topology
+    """Every topology metric, the expensive ones (kNN graph, H0, H1) included, on the points and
+    with the settings of the online monitor, by its own measuring functions."""
     from trainer.monitors.common import forward, to_device
-    from trainer.monitors.topology_probe import FALLBACK_STEP, _param_group, topology_points
+    from trainer.monitors.topology_probe import (
+        FALLBACK_STEP,
+        measure_topology,
+        topology_points,
+        weight_values,
+    )
 
-    n_points = setup.topology["n_points"]
-    groups = topology_points(setup.probes, n_points, lambda rows: setup.sampler.batch(FALLBACK_STEP, rows))
-    clouds, attention = None, None
-    for group in groups:
-        out = forward(setup.model, to_device(group.batch, setup.device), return_hidden=True, return_attn=True)
-        rows, positions = torch.as_tensor(group.rows), torch.as_tensor(group.positions)
-        points = [h[rows.to(h.device), positions.to(h.device)].double().cpu().numpy() for h in out["hidden"]]
-        clouds = points if clouds is None else [np.concatenate(p) for p in zip(clouds, points)]
-        if out["attn"] is not None and (attention is None or len(group.batch["input_ids"]) > len(attention[1])):
-            attention = (out["attn"], group.batch["input_ids"])
-    labels = np.concatenate([g.batch["domain"][g.rows, g.positions] for g in groups])
-    labels = labels if (labels >= 0).all() and len(np.unique(labels)) > 1 else None
-    values: dict[str, float] = {}
-
-    def add(prefix: str, compute) -> None:
+    settings = setup.topology
+    groups = topology_points(setup.probes, settings["n_points"],
+                             lambda rows: setup.sampler.batch(FALLBACK_STEP, rows))
+    values, _ = measure_topology(
+        setup.model, groups,
+        lambda group: forward(setup.model, to_device(group.batch, setup.device), return_hidden=True,
+                              return_attn=settings["attention"]),
+        k=settings["k"], expensive=True, h1=settings["h1_every_n_steps"] is not None,
+        h1_points=settings["h1_points"], report=lambda series, error: problems.append(f"{series}: {error}"))
+    if settings["weights"]:
         try:
-            values.update({f"{prefix}/{k}": v for k, v in compute().items()})
-        except ValueError as exc:  # undefined on this model (a degenerate cloud): not a number
-            problems.append(f"{prefix}: {exc}")
-
-    for i, X in enumerate(clouds):
-        add("topo/emb" if i == 0 else f"topo/layer{i}", lambda X=X: topology.point_cloud_metrics(
-            X, labels, k=setup.topology["k"], h1=True, h1_points=setup.topology["h1_points"],
-            rng=np.random.default_rng(0)))
-    for i, attn in enumerate(attention[0] if attention else []):
-        add(f"topo/attn{i}", lambda attn=attn: topology.attention_metrics(attn.float().cpu(), attention[1]))
-    add("topo/weights", lambda: topology.weight_metrics(dict(setup.model.named_parameters()), None, _param_group))
+            values.update(weight_values(dict(setup.model.named_parameters()), None))
+        except ValueError as exc:
+            problems.append(f"topo/weights: {exc}")
     return values

@@ -15,19 +15,22 @@ refused command would already have replaced a run's config (``hydra.output_subdi
 from __future__ import annotations
 
 import functools
-import os
-import uuid
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from trainer.config import ConfigError
+from trainer.errors import CONF_DIR, ConfigError
+from trainer.run_dir import RunDir
 
-CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 OWN_PACKAGES = ("trainer.", "data_mixers.", "hydra_plugins.elab_ray_launcher.")
 HYDRA_DIR, CONFIG_FILE = ".hydra", "config.yaml"
 _MAX_DEPTH = 64  # deeper than any shipped config by far; a crafted self-reference stops here
+# Classes that moved (the monitors' layout of issue 20): a run dir saved before names them by the
+# old path, and is read with the new one.
+MOVED = {"trainer.llc_monitor.LLCMonitor": "trainer.monitors.llc.LLCMonitor",
+         "trainer.trail.CheckpointTrail": "trainer.monitors.trail.CheckpointTrail",
+         "trainer.callbacks.RunCheckpoint": "trainer.monitors.backbone.RunCheckpoint"}
 
 
 @functools.cache
@@ -68,7 +71,7 @@ def _own(target: str) -> bool:
     except Exception:  # not importable: refused below as not ours
         return False
     module = getattr(obj, "__module__", None) or ""
-    # Classes only: the lab's functions include writers (run_info.write_json(path, ...)) that a
+    # Classes only: the lab's functions include writers (run_dir.write_metrics_csv(path, ...)) that a
     # crafted config could point anywhere; every function a config may name is in conf/.
     return inspect.isclass(obj) and f"{module}.".startswith(OWN_PACKAGES)
 
@@ -119,14 +122,23 @@ def load_run_config(run_dir: Path) -> DictConfig:
         raise ConfigError(f"{path}: cannot read it as a config: {exc}") from None
     if not isinstance(cfg, DictConfig):
         raise ConfigError(f"{path}: holds a {type(cfg).__name__}, not a config mapping")
+    _follow_moves(cfg)
     check_targets(cfg, path)
     return cfg
 
 
-def _write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+def _follow_moves(node: Any, depth: int = 0) -> None:
+    """Old ``_target_`` paths of moved classes (:data:`MOVED`) replaced by their new ones."""
+    if depth > _MAX_DEPTH or not isinstance(node, (DictConfig, ListConfig)):
+        return
+    if isinstance(node, DictConfig) and "_target_" in node:
+        raw = node._get_node("_target_")._value()
+        if isinstance(raw, str) and raw in MOVED:
+            node._target_ = MOVED[raw]
+    for key in node.keys() if isinstance(node, DictConfig) else range(len(node)):
+        child = node._get_node(key)
+        if isinstance(child, (DictConfig, ListConfig)):
+            _follow_moves(child, depth + 1)
 
 
 def write_hydra_files(cfg: DictConfig, run_dir: Path) -> None:
@@ -134,10 +146,10 @@ def write_hydra_files(cfg: DictConfig, run_dir: Path) -> None:
     itself writes them), each replaced atomically; called once every check has passed."""
     from hydra.core.hydra_config import HydraConfig
 
-    hydra_dir = Path(run_dir) / HYDRA_DIR
-    hydra_dir.mkdir(parents=True, exist_ok=True)
-    _write(hydra_dir / CONFIG_FILE, OmegaConf.to_yaml(cfg))
+    run = RunDir(run_dir)
+    run.hydra_dir.mkdir(parents=True, exist_ok=True)
+    run.write_text(f"{HYDRA_DIR}/{CONFIG_FILE}", OmegaConf.to_yaml(cfg))
     if HydraConfig.initialized():
         hydra_cfg = HydraConfig.instance().cfg
-        _write(hydra_dir / "hydra.yaml", OmegaConf.to_yaml(hydra_cfg))
-        _write(hydra_dir / "overrides.yaml", OmegaConf.to_yaml(hydra_cfg.hydra.overrides.task))
+        run.write_text(f"{HYDRA_DIR}/hydra.yaml", OmegaConf.to_yaml(hydra_cfg))
+        run.write_text(f"{HYDRA_DIR}/overrides.yaml", OmegaConf.to_yaml(hydra_cfg.hydra.overrides.task))

@@ -28,36 +28,29 @@ from typing import Any
 import numpy as np
 
 from trainer.config import ConfigError
+from trainer.run_dir import MODEL, PROBES, TOKENIZER, VOCABULARY, RunDir
 
-MODEL_FILE, VOCAB_FILE, TOKENIZER_FILE, PROBES_FILE = (
-    "model.json", "vocabulary.json", "tokenizer.json", "probes.npz")
+MODEL_FILE, VOCAB_FILE, TOKENIZER_FILE, PROBES_FILE = MODEL, VOCABULARY, TOKENIZER, PROBES
 FORMAT = 1
 PROBE_ROWS = 64  # rows kept per probe set: enough to look at, small even with item vectors
-
-
-def _write_text(path: Path, text: str) -> None:
-    """Write through a unique temporary name and rename: data-parallel ranks may write the same
-    file at once, and a reader never sees half of it."""
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def write_run_files(run_dir: str | os.PathLike, sampler: Any, model: Any) -> None:
     """Write model.json, vocabulary.json, tokenizer.json (text runs) and probes.npz into
     ``run_dir``; ``sampler`` is prepared (its tokenizer built)."""
-    run_dir = Path(run_dir)
+    run = RunDir(run_dir)
+    run_dir = run.path
     run_dir.mkdir(parents=True, exist_ok=True)
     spec = {"format": FORMAT, "class": type(model).__name__,
             "config": dataclasses.asdict(model.config)}
-    _write_text(run_dir / MODEL_FILE, json.dumps(spec, indent=2) + "\n")
+    run.write_text(MODEL_FILE, json.dumps(spec, indent=2) + "\n")
     vocabulary = describe_vocabulary(sampler)
-    _write_text(run_dir / VOCAB_FILE, json.dumps(vocabulary, indent=2) + "\n")
+    run.write_text(VOCAB_FILE, json.dumps(vocabulary, indent=2) + "\n")
     tokenizer = getattr(sampler, "tokenizer", None)
     if vocabulary["kind"] == "bpe":
-        _write_text(run_dir / TOKENIZER_FILE, tokenizer.to_json())
+        run.write_text(TOKENIZER_FILE, tokenizer.to_json())
     elif vocabulary["kind"] == "byte":
-        _write_text(run_dir / TOKENIZER_FILE, byte_tokenizer_json())
+        run.write_text(TOKENIZER_FILE, byte_tokenizer_json())
     probes = _probe_arrays(sampler)
     if probes:
         tmp = run_dir / f".{PROBES_FILE}.{uuid.uuid4().hex}.tmp"
@@ -237,28 +230,26 @@ def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict[
 
 def checkpoint_trail(run_dir: str | os.PathLike) -> list[Path]:
     """``checkpoints/step-<n>.ckpt`` by step, then ``last.ckpt`` when it exists."""
-    from trainer.trail import trail_steps  # imports Lightning: only when the trail is listed
-
-    ckpt_dir = Path(run_dir) / "checkpoints"
-    paths = list(trail_steps(ckpt_dir).values())
-    if (ckpt_dir / "last.ckpt").is_file():
-        paths.append(ckpt_dir / "last.ckpt")
+    run = RunDir(run_dir)
+    paths = list(run.trail().values())
+    if run.last_checkpoint.is_file():
+        paths.append(run.last_checkpoint)
     return paths
 
 
 def find_checkpoint(run_dir: str | os.PathLike, choice: str | None = None) -> Path:
     """The checkpoint ``--checkpoint`` names: ``last`` (default), a step number, a file name in
     ``checkpoints/`` or a path."""
-    run_dir = Path(run_dir)
+    run = RunDir(run_dir)
+    run_dir, checkpoints = run.path, run.checkpoints_dir
     choice = choice or "last"
-    candidates = [run_dir / "checkpoints" / f"{choice}.ckpt",
-                  run_dir / "checkpoints" / f"step-{choice}.ckpt",
-                  run_dir / "checkpoints" / choice, Path(choice)]
+    candidates = [checkpoints / f"{choice}.ckpt", checkpoints / f"step-{choice}.ckpt",
+                  checkpoints / choice, Path(choice)]
     for path in candidates:
         if path.is_file():
             return path
     names = [p.name for p in checkpoint_trail(run_dir)]
-    raise ConfigError(f"--checkpoint={choice!r}: no such checkpoint in {run_dir / 'checkpoints'} "
+    raise ConfigError(f"--checkpoint={choice!r}: no such checkpoint in {checkpoints} "
                       f"(there: {', '.join(names) or 'none'})")
 
 

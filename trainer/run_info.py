@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 import subprocess
@@ -71,28 +70,3 @@ def hardware() -> dict[str, Any]:
 
 def environment() -> dict[str, Any]:
     return {"versions": versions(), "git_sha": git_sha(), "hardware": hardware()}
-
-
-def write_json(path: Path, payload: dict[str, Any]) -> None:
-    """Write via a temporary file and rename, so a reader never sees half a file."""
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(payload, indent=2, default=str) + "\n")
-    tmp.replace(path)
-
-
-def read_events(path: Path) -> list[dict[str, Any]]:
-    """The events of an ``events.jsonl`` (empty when there is none). A process killed mid-append
-    leaves a torn last line: it is skipped. A broken line elsewhere is an error naming it."""
-    if not path.is_file():
-        return []
-    text = path.read_text()
-    if not text.endswith("\n"):
-        text = text[: text.rfind("\n") + 1]
-    events = []
-    for number, line in enumerate(text.splitlines(), start=1):
-        if line.strip():
-            try:
-                events.append(json.loads(line))
-            except json.JSONDecodeError as exc:
-                raise ValueError(f"{path}, line {number}: {exc}") from exc
-    return events

@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 
 from trainer.config import ConfigError
+from trainer.run_dir import RunDir
 
 
 class RunDirBusy(ConfigError):
@@ -58,7 +59,7 @@ class RunLock:
 
     def __init__(self, run_dir: Path) -> None:
         self.run_dir = Path(run_dir)
-        self.path = self.run_dir / ".lock"
+        self.path = RunDir(self.run_dir).lock_path
         self._fd: int | None = None
 
     def _open(self) -> int:

@@ -20,6 +20,7 @@ from typing import Any
 
 from trainer.cli_errors import report_bad_input
 from trainer.config import ConfigError
+from trainer.run_dir import RunDir
 from trainer.run_files import (
     VOCAB_FILE,
     find_checkpoint,
@@ -164,7 +165,7 @@ def _check_args(args: argparse.Namespace) -> None:
         raise ConfigError(f"--top-k={args.top_k} must be >= 1")
     if args.top < 1:
         raise ConfigError(f"--top={args.top} must be >= 1")
-    if not (args.run_dir / "checkpoints").is_dir():
+    if not RunDir(args.run_dir).checkpoints_dir.is_dir():
         raise ConfigError(f"run_dir={str(args.run_dir)!r} has no checkpoints/ directory")
 
 

@@ -7,7 +7,6 @@ Lightning Trainer -- after validating it, fits, and returns the run summary (als
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import uuid
@@ -19,7 +18,6 @@ import hydra
 from omegaconf import DictConfig
 
 from trainer.config import (
-    ConfigError,
     check_metric_logged,
     check_probes_fit,
     resolve_checkpoint,
@@ -29,10 +27,18 @@ from trainer.config import (
     validate,
     warmup_steps_for,
 )
+from trainer.errors import CONF_DIR, ConfigError
 from trainer.failures import bad_input_message, record_failure
 from trainer.memory import allocation_refused, check_fits_memory
-from trainer.resume import check_budget, check_same_run, check_weights_fit, finished_summary, resume_check
-from trainer.run_config import CONF_DIR, write_hydra_files
+from trainer.resume import (
+    check_budget,
+    check_same_run,
+    check_weights_fit,
+    finished_summary,
+    resume_check,
+)
+from trainer.run_config import write_hydra_files
+from trainer.run_dir import RunDir
 from trainer.runlock import RunLock, is_launcher_process
 from trainer.watchdog import die_with_parent
 
@@ -81,20 +87,6 @@ def _build_loggers(
             loggers.append(instantiate(node))
         log.debug("logger %s: %s", name, target)
     return loggers
-
-
-def _build(node: DictConfig, **kwargs: Any) -> Any:
-    """``instantiate`` that surfaces a component's own validation error (which names the config
-    key) instead of Hydra's wrapper around its repr."""
-    from hydra.errors import InstantiationException
-    from hydra.utils import instantiate
-
-    try:
-        return instantiate(node, **kwargs, _convert_="all")
-    except InstantiationException as exc:
-        if isinstance(exc.__cause__, (ValueError, TypeError)):
-            raise exc.__cause__ from None
-        raise
 
 
 def _build_pl_trainer(pl_kwargs: dict, **kwargs: Any) -> Any:
@@ -150,12 +142,13 @@ def _train(cfg: DictConfig, run_dir: Path, callbacks: list) -> dict[str, Any]:
 
     import lightning as L
     import torch
-    from hydra.utils import instantiate
 
     from trainer.allocator import configure_malloc, release_free_memory
-    from trainer.callbacks import RunSummary, Throughput
+    from trainer.build import build_data, build_model, build_monitors
     from trainer.data import StepDataModule
     from trainer.module import LitLM
+    from trainer.monitors.backbone import RunSummary, Throughput
+    from trainer.monitors.bus import MonitorBus
     from trainer.run_files import write_run_files
 
     _route_lightning_logs()
@@ -173,17 +166,14 @@ def _train(cfg: DictConfig, run_dir: Path, callbacks: list) -> dict[str, Any]:
     malloc = configure_malloc(cfg.get("malloc", "reuse"))
     L.seed_everything(cfg.seed, workers=True, verbose=False)
 
-    curriculum = _build(cfg.curriculum) if cfg.get("curriculum") else None
     # Constructing the sampler is cheap and fixes seq_len; prepare() below builds the token store,
     # so every check that needs only the config comes first.
-    sampler = _build(cfg.data, curriculum=curriculum)
+    sampler = build_data(cfg)
     tokens_per_step = cfg.batch.global_size * sampler.seq_len
     total_steps = steps_from_budget(cfg.budget.tokens, cfg.batch.global_size, sampler.seq_len)
     warmup_steps = warmup_steps_for(cfg.optim.warmup_steps, total_steps,
                                     f"budget.tokens={cfg.budget.tokens}")
-    model_kwargs = {"vocab_size": sampler.vocab_size, "max_seq_len": sampler.seq_len,
-                    "item_dim": sampler.item_dim}
-    check_fits_memory(cfg, lambda: _build(cfg.model, **model_kwargs), sampler.seq_len)
+    check_fits_memory(cfg, lambda: build_model(cfg, sampler), sampler.seq_len)
     identity = run_identity(cfg)
     saved = resume_check(ckpt, cfg.ckpt_path, identity) if ckpt is not None else None
     if saved is not None:
@@ -203,7 +193,7 @@ def _train(cfg: DictConfig, run_dir: Path, callbacks: list) -> dict[str, Any]:
         check_metric_logged(cfg.optimized_metric, [p.name for p in sampler.probe_sets()])
     check_probes_fit(cfg, sampler)
     with allocation_refused(cfg, "the model"):
-        model = _build(cfg.model, **model_kwargs)
+        model = build_model(cfg, sampler)
     optim = cfg.optim
     module = LitLM(
         model,
@@ -233,7 +223,7 @@ def _train(cfg: DictConfig, run_dir: Path, callbacks: list) -> dict[str, Any]:
             "flops_per_token": model.flops_per_token(sampler.seq_len),
             "malloc": malloc,
             "data": sampler.describe(),
-            **_repetition(sampler, cfg.budget.tokens),
+            **_pool_epochs(sampler, cfg.budget.tokens),
             "resumed_from_step": resume_step,
             "config": to_plain(cfg),
         },
@@ -241,15 +231,11 @@ def _train(cfg: DictConfig, run_dir: Path, callbacks: list) -> dict[str, Any]:
         # A resumed run keeps its id (one written before ids were recorded gets one now).
         run_id=(saved or {}).get("run_id") or uuid.uuid4().hex,
     )
-    all_callbacks = [
-        _build(node)  # a callback's own refusal (callbacks.trail.budget_mb=0) names its key
-        for node in (cfg.get("callbacks") or {}).values()
-        if node is not None and "_target_" in node
-    ]
-    if cfg.get("progress") and "_target_" in cfg.progress:
-        all_callbacks.append(instantiate(cfg.progress))
+    all_callbacks = build_monitors(cfg)
     all_callbacks += [Throughput(tokens_per_step, cfg.log_every_n_steps), summary_cb]
     all_callbacks += callbacks
+    # One bus per run: the monitors publish and subscribe there, never among the callbacks.
+    MonitorBus().attach(all_callbacks)
     loggers = _build_loggers(cfg, resume_step, context, tokens_per_step)
 
     pl_kwargs = {k: v for k, v in to_plain(cfg.pl).items() if k not in ("precision",)}
@@ -294,7 +280,7 @@ def _train(cfg: DictConfig, run_dir: Path, callbacks: list) -> dict[str, Any]:
     if not pl_trainer.is_global_zero:
         return {}
     # Written by rank 0 inside the training process (see RunSummary): right under spawn strategies too.
-    summary = json.loads((run_dir / "summary.json").read_text())
+    summary = RunDir(run_dir).read_summary()
     if summary["status"] == "completed":
         log.info(
             "done: %d steps, %s tokens/s; run dir: %s",
@@ -305,10 +291,11 @@ def _train(cfg: DictConfig, run_dir: Path, callbacks: list) -> dict[str, Any]:
     return summary
 
 
-def _repetition(sampler: Any, budget_tokens: int) -> dict[str, float]:
-    """Repetition = budget / unique tokens, for sources with a finite token pool."""
-    if hasattr(sampler, "repetition_factor"):
-        return {"repetition_factor": float(sampler.repetition_factor(budget_tokens))}
+def _pool_epochs(sampler: Any, budget_tokens: int) -> dict[str, float]:
+    """Repetition as passes over the pool, budget / pool tokens, for sources with a finite token
+    pool (``data/repetition_factor`` is another measure: exact repeats inside a window)."""
+    if hasattr(sampler, "pool_epochs"):
+        return {"pool_epochs": float(sampler.pool_epochs(budget_tokens))}
     return {}
 
 

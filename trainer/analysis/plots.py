@@ -16,7 +16,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
 from trainer.analysis.axes import sort_runs
-from trainer.analysis.runs import AnalysisError, Run, load_run
+from trainer.analysis.runs import AnalysisError, Run, jump_onset, load_run
 
 # PNG metadata normally carries matplotlib's URL; dropping it keeps the report free of links and
 # the images byte-stable across matplotlib versions.
@@ -148,7 +148,7 @@ def plot_run(
                 ax.axvline(step, color=color, linewidth=1.2, linestyle="--")
         for event in run.events:
             if event.get("series") not in matched:
-                ax.axvline(int(event["step"]), color="0.5", linewidth=0.8, linestyle=":", alpha=0.5)
+                ax.axvline(jump_onset(event), color="0.5", linewidth=0.8, linestyle=":", alpha=0.5)
         ax.set_title(pattern, fontsize=9)
         ax.set_xlabel("step", fontsize=8)
         ax.tick_params(labelsize=7)

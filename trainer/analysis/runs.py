@@ -6,18 +6,18 @@ Reads only the run-directory contract (``summary.json``, ``events.jsonl``, ``csv
 
 from __future__ import annotations
 
-import csv
-import json
 import math
 import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import yaml
 
-from trainer.run_info import read_events
+from trainer.run_dir import METRICS_CSV, SUMMARY, RunDir, read_metrics_csv, read_metrics_header
+from trainer.steps import global_step_of, tokens_seen
 
 # Override keys that repeat an experiment rather than move it: runs differing only here are
 # averaged, never treated as a point of the phase diagram.
@@ -77,21 +77,22 @@ class Run:
         return math.nan
 
     def jump_steps(self, name: str) -> list[int]:
-        return sorted(int(event["step"]) for event in self.events if event.get("series") == name)
+        """Where ``name`` jumped: each jump's onset (a log step), as lead-lag dates it; events
+        older than the onset field keep their confirmation step."""
+        return sorted(jump_onset(event) for event in self.events if event.get("series") == name)
 
     def tokens_to_jump(self, name: str) -> int | None:
-        """Tokens seen when ``name`` first jumped: the time-to-emergence axis of a phase diagram.
-
-        Tokens rather than steps, so runs with different batch or sequence sizes compare.
-        """
-        events = sorted((e for e in self.events if e.get("series") == name), key=lambda e: e["step"])
+        """Tokens seen at the onset of ``name``'s first jump: the time-to-emergence axis of a
+        phase diagram. Tokens rather than steps, so runs with different batch or sequence sizes
+        compare."""
+        events = sorted((e for e in self.events if e.get("series") == name), key=jump_onset)
         if not events:
             return None
-        if events[0].get("tokens") is not None:  # the trainer's own count
-            return int(events[0]["tokens"])
         tokens_per_step = self.summary.get("tokens_per_step")
-        # The event's step is the index of the batch just trained on: step + 1 batches seen.
-        return None if tokens_per_step is None else (int(events[0]["step"]) + 1) * int(tokens_per_step)
+        if tokens_per_step is None and events[0].get("tokens") is not None:
+            # The trainer's own count, at the confirmation step: it gives the tokens per step.
+            tokens_per_step = int(events[0]["tokens"]) // global_step_of(int(events[0]["step"]))
+        return None if tokens_per_step is None else tokens_seen(jump_onset(events[0]), int(tokens_per_step))
 
     def lead_lag(self, name: str) -> tuple[str, int] | None:
         """The series that moved first, before or with ``name``'s first jump, and its lead in
@@ -153,14 +154,13 @@ class CsvSeries(Mapping):
     def __init__(self, csv_path: str | Path) -> None:
         self.path = Path(csv_path)
         self._header: list[str] | None = None
-        self._rows: list[list[str]] | None = None
+        self._rows: list[dict[str, str]] | None = None
         self._parsed: dict[str, Series] = {}
 
     def _names(self) -> list[str]:
         """The header alone: which series exist is known without reading the rows."""
         if self._header is None:
-            with self.path.open(newline="") as f:
-                header = next(csv.reader(f), [])
+            header = read_metrics_header(self.path)
             if "step" not in header:
                 raise AnalysisError(
                     f"{self.path} has no 'step' column; is it a Lightning CSVLogger file?"
@@ -168,10 +168,9 @@ class CsvSeries(Mapping):
             self._header = header
         return self._header
 
-    def _read_rows(self) -> list[list[str]]:
-        if self._rows is None:
-            with self.path.open(newline="") as f:
-                self._rows = list(csv.reader(f))[1:]
+    def _read_rows(self) -> list[dict[str, str]]:
+        if self._rows is None:  # a torn last row (a run killed mid-append) is dropped
+            self._rows = read_metrics_csv(self.path)[1]
         return self._rows
 
     def __iter__(self) -> Iterator[str]:
@@ -188,13 +187,12 @@ class CsvSeries(Mapping):
             header = self._names()
             if name == "step" or name not in header:
                 raise KeyError(name)
-            step_at, at = header.index("step"), header.index(name)
             points: dict[int, float] = {}
             for line_number, row in enumerate(self._read_rows(), start=2):
-                cell = row[at] if at < len(row) else ""
+                cell = row.get(name)
                 if cell:
                     try:
-                        points[int(float(row[step_at]))] = float(cell)
+                        points[int(float(row["step"]))] = float(cell)
                     except ValueError as exc:
                         raise AnalysisError(f"{self.path}, line {line_number}: {exc}") from exc
             steps = np.array(sorted(points), dtype=np.int64)
@@ -209,57 +207,35 @@ def load_series(csv_path: str | Path) -> dict[str, Series]:
     return {name: table[name] for name in table if len(table[name][0])}
 
 
-def _metrics_csv(run_dir: Path) -> Path | None:
-    """``csv/metrics.csv``; a plain CSVLogger nests it as ``csv/.../version_N/``, latest wins."""
-    direct = run_dir / "csv" / "metrics.csv"
-    if direct.is_file():
-        return direct
-    nested = sorted((run_dir / "csv").glob("**/metrics.csv"), key=lambda p: p.stat().st_mtime)
-    return nested[-1] if nested else None
-
-
-def _read_json(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise AnalysisError(f"{path} is not valid JSON: {exc}") from exc
-
-
-def _read_events(run_dir: Path, summary: dict) -> list[dict]:
-    path = run_dir / "events.jsonl"
-    if not path.is_file():
-        return list(summary.get("jumps") or [])
-    try:
-        return read_events(path)
-    except ValueError as exc:
-        raise AnalysisError(str(exc)) from exc
-
-
 def load_run(run_dir: str | Path, name: str | None = None) -> Run:
     """Read one run dir. A run still training or killed (no summary.json) loads from its CSV and
     ``.hydra/`` alone, with status "incomplete"."""
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise AnalysisError(f"{run_dir} is not a directory")
-    summary_path = run_dir / "summary.json"
-    metrics_csv = _metrics_csv(run_dir)
-    if not summary_path.is_file() and metrics_csv is None and not (run_dir / ".hydra").is_dir():
+    run = RunDir(run_dir)
+    if not run.path.is_dir():
+        raise AnalysisError(f"{run.path} is not a directory")
+    if not run.is_run():
         raise AnalysisError(
-            f"{run_dir} is not a run dir: it has none of summary.json, csv/metrics.csv, .hydra/"
+            f"{run.path} is not a run dir: it has none of {SUMMARY}, {METRICS_CSV}, .hydra/"
         )
-    summary = _read_json(summary_path) if summary_path.is_file() else {}
-    overrides_yaml = run_dir / ".hydra" / "overrides.yaml"
+    try:
+        summary = run.read_summary() or {}
+        # A run without events.jsonl (an older layout) lists its jumps in the summary.
+        events = run.read_events() if run.events_path.is_file() else list(summary.get("jumps") or [])
+    except ValueError as exc:
+        raise AnalysisError(str(exc)) from exc
+    overrides_yaml = run.hydra_dir / "overrides.yaml"
     if "overrides" in summary:
         overrides = summary["overrides"] or []
     elif overrides_yaml.is_file():
         overrides = yaml.safe_load(overrides_yaml.read_text()) or []
     else:
         overrides = []
+    metrics_csv = run.find_metrics_csv()
     return Run(
-        path=run_dir,
-        name=name or run_dir.name,
+        path=run.path,
+        name=name or run.path.name,
         summary=summary,
-        events=_read_events(run_dir, summary),
+        events=events,
         series=CsvSeries(metrics_csv) if metrics_csv else {},
         overrides=parse_overrides(overrides),
     )
@@ -279,7 +255,7 @@ def find_run_dirs(sweep_dir: str | Path) -> list[Path]:
     sweep_dir = Path(sweep_dir)
     if not sweep_dir.is_dir():
         raise AnalysisError(f"{sweep_dir} is not a directory")
-    found = {p.parent for p in sweep_dir.rglob("summary.json")}
+    found = {p.parent for p in sweep_dir.rglob(SUMMARY)}
     found |= {p.parent for p in sweep_dir.rglob(".hydra") if p.is_dir()}
     return sorted(found, key=lambda p: natural_key(p.relative_to(sweep_dir).as_posix()))
 
@@ -340,3 +316,8 @@ def load_wandb_group(group: str, project: str = "emergence-lab", entity: str | N
         runs.append(Run(path=Path(remote.name), name=remote.name, summary=summary, events=events,
                         series=series, overrides=parse_overrides(config.get("overrides") or [])))
     return runs
+
+
+def jump_onset(event: dict[str, Any]) -> int:
+    """A jump's date: its onset (a log step), or the confirmation step of an event without one."""
+    return int(event.get("onset_step", event["step"]))

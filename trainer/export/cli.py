@@ -18,6 +18,7 @@ from typing import Any
 from trainer.cli_errors import report_bad_input
 from trainer.config import ConfigError
 from trainer.export import common
+from trainer.run_dir import MODEL, SUMMARY, RunDir
 from trainer.run_files import VOCAB_FILE, checkpoint_trail, find_checkpoint, load_model, read_json
 
 TARGETS = ("hf", "transformer_lens")
@@ -78,7 +79,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 # What makes a directory a run dir, and the folders of one an export must not write into.
-_RUN_MARKS = ("summary.json", "checkpoints", ".hydra", "model.json")
+_RUN_MARKS = (SUMMARY, "checkpoints", ".hydra", MODEL)
 _RUN_FOLDERS = ("checkpoints", ".hydra", "csv", "retro", "wandb", "llc")
 
 
@@ -105,7 +106,7 @@ def check_out(out: Path, force: bool) -> None:
 
 def run(args: argparse.Namespace) -> list[dict[str, Any]]:
     common.require(*_target(args.target).NEEDS)
-    if not (args.run_dir / "checkpoints").is_dir():
+    if not RunDir(args.run_dir).checkpoints_dir.is_dir():
         raise ConfigError(f"run_dir={str(args.run_dir)!r} has no checkpoints/ directory")
     check_out(args.out, args.force)
     if not args.all_checkpoints:

@@ -20,7 +20,7 @@ An SGLD estimate is only as good as its chains, so every estimate comes with the
 
 ``calibrate_llc`` runs a small grid over step size and n beta and says which settings are stable;
 pick a stable one and keep it fixed across checkpoints, since the estimate depends on it.
-Nothing here imports Lightning: the online callback (``trainer.llc_monitor``) and ``elab-retro``
+Nothing here imports Lightning: the online callback (``trainer.monitors.llc``) and ``elab-retro``
 share it.
 """
 

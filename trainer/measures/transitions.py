@@ -30,8 +30,8 @@ are small; BIG-bench computes it over model sizes, here over evaluations, so it 
 evaluation schedule (denser sampling of the same curve lowers it). Null when more than half the
 steps are exactly zero (the median is 0).
 
-Pure functions over arrays and rows, no Lightning; :func:`write_transitions` is the one function
-that writes ``transitions.json``.
+Pure functions over arrays and rows, no Lightning and no files: :func:`fit_report` builds the
+report that ``RunDir.write_transitions`` writes as ``transitions.json``.
 """
 
 from __future__ import annotations
@@ -39,7 +39,6 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -383,12 +382,10 @@ def summarize(report: Mapping[str, Any]) -> dict[str, Any]:
             for name, fit in report["series"].items()}
 
 
-def write_transitions(path: Path, rows: Iterable[Mapping[str, Any]], tokens_per_step: int | None,
-                      extra_series: Sequence[str] = (), source: str = "csv/metrics.csv") -> dict[str, Any]:
-    """Fit every capability series of ``rows`` (and ``extra_series``) and write ``path``;
-    returns the report."""
-    from trainer.run_info import write_json
-
+def fit_report(rows: Iterable[Mapping[str, Any]], tokens_per_step: int | None,
+               extra_series: Sequence[str] = (), source: str = "csv/metrics.csv") -> dict[str, Any]:
+    """The transitions report of ``rows`` (CSV rows): every capability series and
+    ``extra_series`` fitted. The caller writes it (``RunDir.write_transitions``)."""
     rows = list(rows)
     columns = {key for row in rows for key in row}
     names = capability_series(columns, extra_series)
@@ -396,5 +393,4 @@ def write_transitions(path: Path, rows: Iterable[Mapping[str, Any]], tokens_per_
     missing = [name for name in extra_series if name not in report["series"]]
     if missing:
         report["missing_series"] = missing  # named in transitions.series but never logged
-    write_json(path, report)
     return report

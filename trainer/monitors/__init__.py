@@ -13,6 +13,9 @@
   go to ``events.jsonl``, the loggers and ``summary.json`` (with the lead-lag of
   :mod:`trainer.measures.leadlag`).
 
+The entry point builds one :class:`MonitorBus` per run and attaches every monitor to it: they
+publish their series there and subscribe to what they need (:mod:`trainer.monitors.bus`).
+
 They run on rank 0 only, on fixed points (never the training loader), in eval mode under
 ``torch.no_grad`` and a forked RNG, and restore train mode afterwards. A metric that comes out NaN
 is reported in the log and ``summary.json`` (``invalid_metrics``), never logged as a number. Each
@@ -20,9 +23,10 @@ counts its own wall time (``summary.json``'s ``monitor_seconds``), and each chec
 needs for a resumed run to log exactly the series of an uninterrupted one.
 """
 
+from trainer.monitors.bus import MonitorBus
 from trainer.monitors.data_meter import DataMeter
 from trainer.monitors.jumpwatch import JumpWatch
 from trainer.monitors.probes import CapabilityProbes, score_probe
 from trainer.monitors.topology_probe import TopologyProbe
 
-__all__ = ["CapabilityProbes", "DataMeter", "JumpWatch", "TopologyProbe", "score_probe"]
+__all__ = ["CapabilityProbes", "DataMeter", "JumpWatch", "MonitorBus", "TopologyProbe", "score_probe"]

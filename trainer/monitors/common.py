@@ -1,5 +1,6 @@
-"""What every monitor shares: when it is due, how its time is counted, how it measures without
-disturbing training, and how its values reach the loggers and the jump detector."""
+"""What every monitor shares: when it is due, how its time is counted and how it measures without
+disturbing training (its values reach the loggers and the jump detector through the bus,
+:mod:`trainer.monitors.bus`)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import numpy as np
 import torch
 
 from data_mixers.base import StepSampler
+from trainer import steps
 
 
 def sampler_of(trainer: L.Trainer) -> StepSampler:
@@ -33,11 +35,8 @@ def previous_due(step: int, every: int) -> int:
 
 
 def log_step(trainer: L.Trainer) -> int:
-    """The step a measurement after a training step is logged at: the index of the batch just
-    trained on, which is the step Lightning logs that batch's ``train/*`` values at. One row of
-    the CSV then holds the loss of batch i and what the model looked like right after it, and a
-    resume from a checkpoint taken after batch i keeps exactly the rows up to i."""
-    return trainer.global_step - 1
+    """The step a measurement after this training step is logged at (see :mod:`trainer.steps`)."""
+    return steps.log_step(trainer.global_step)
 
 
 def timed(hook):
@@ -115,32 +114,3 @@ def readout_at(model: torch.nn.Module, rows: torch.Tensor, positions: torch.Tens
 def gather_logits(logits: torch.Tensor, rows: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
     """The logits at (rows, positions), whether or not :func:`readout_at` already took them."""
     return logits if logits.ndim == 2 else logits[rows, positions]
-
-
-def find(trainer: L.Trainer, kind: type):
-    return next((cb for cb in trainer.callbacks if isinstance(cb, kind)), None)
-
-
-def publish(trainer: L.Trainer, values: dict[str, float], n_eval: dict[str, int] | None = None,
-            unwatched: set[str] = frozenset()) -> None:
-    """Log at the current step and hand the series to the jump detector, but those in
-    ``unwatched``; a value that is not a finite number is reported instead (never logged, never
-    fed to the detector)."""
-    from trainer.monitors.jumpwatch import JumpWatch
-
-    step = log_step(trainer)
-    watch = find(trainer, JumpWatch)
-    for key in [k for k, v in values.items() if not np.isfinite(v)]:
-        if watch is not None:
-            watch.report_invalid(step, key, f"value {values[key]}")
-        values = {k: v for k, v in values.items() if k != key}
-    if not values:
-        return
-    for logger in trainer.loggers:
-        logger.log_metrics(values, step=step)
-    # The property rebuilds Lightning's metrics on every access: fetched once.
-    callback_metrics = trainer.callback_metrics
-    for key, value in values.items():
-        callback_metrics[key] = torch.tensor(value)
-    if watch is not None:
-        watch.observe(step, {k: v for k, v in values.items() if k not in unwatched}, n_eval)

@@ -7,10 +7,11 @@ from typing import Any
 import lightning as L
 
 from data_mixers.diversity import DiversityMeter
-from trainer.monitors.common import due, publish, sampler_of, timed
+from trainer.monitors.bus import Attached
+from trainer.monitors.common import due, log_step, sampler_of, timed
 
 
-class DataMeter(L.Callback):
+class DataMeter(Attached, L.Callback):
     """``data/...``: measured diversity of what the mixer emitted over the last ``window`` global
     batches; ``curriculum/...``: the knobs in effect.
 
@@ -22,7 +23,7 @@ class DataMeter(L.Callback):
 
     seconds = 0.0  # wall time spent in this monitor (see common.timed)
 
-    def __init__(self, every_n_steps: int = 50, window: int = 8) -> None:
+    def __init__(self, *, every_n_steps: int, window: int) -> None:
         self.every_n_steps, self.window = every_n_steps, window
         self.meter: DiversityMeter | None = None
         self._restored_domains: list[int] = []
@@ -36,13 +37,13 @@ class DataMeter(L.Callback):
         if self.meter is None:
             self.meter = DiversityMeter(window=self.window)
             self.meter._domains_seen.update(self._restored_domains)
-        last = trainer.global_step - 1
+        last = log_step(trainer)
         for step in range(max(0, last - self.window + 1), last + 1):
             emitted = sampler.batch(step, global_batch)
             self.meter.update(emitted, sampler.batch_stats(emitted))
         values = {f"data/{k}": float(v) for k, v in self.meter.compute().items()}
         values.update({f"curriculum/{k}": float(v) for k, v in sampler.knobs_at(last).items()})
-        publish(trainer, values)
+        self.bus.publish(trainer, values)
 
     def state_dict(self) -> dict[str, Any]:
         seen = sorted(self.meter._domains_seen) if self.meter is not None else self._restored_domains

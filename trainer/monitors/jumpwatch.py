@@ -2,25 +2,28 @@
 
 from __future__ import annotations
 
-import json
 import logging
-from pathlib import Path
 from typing import Any
 
 import lightning as L
 
 from trainer.measures.jumps import JumpDetector
 from trainer.measures.leadlag import lead_lag
+from trainer.monitors.bus import Attached, MonitorBus
+from trainer.run_dir import RunDir
+from trainer.steps import tokens_seen
 
 log = logging.getLogger("emergence_lab")
 
 
-class JumpWatch(L.Callback):
-    """Owns the jump detector; the other monitors report their series to it via :meth:`observe`."""
+class JumpWatch(Attached, L.Callback):
+    """Owns the jump detector: it subscribes to every series the monitors publish on the bus,
+    offers its pre-alarms, and publishes the jumps it confirms (to the trail, among others)."""
 
-    def __init__(self, min_history: int = 6, z_confirm: float = 3.5, min_rel_size: float = 0.02,
-                 topology_min_rel_size: float = 0.07,
-                 watch_prefixes: tuple[str, ...] = ("probe/", "topo/")) -> None:
+    def __init__(self, *, min_history: int, z_confirm: float, min_rel_size: float,
+                 topology_min_rel_size: float,
+                 watch_prefixes: tuple[str, ...] = ("probe/", "topo/", "llc/")) -> None:
+        # The defaults live in conf/callbacks/default.yaml (trainer.schema.callback_defaults).
         self.detector = JumpDetector(min_history=min_history, z_confirm=z_confirm,
                                      min_rel_size=min_rel_size,
                                      min_rel_size_by_prefix={"topo/": topology_min_rel_size})
@@ -28,9 +31,18 @@ class JumpWatch(L.Callback):
         self.invalid: list[dict[str, Any]] = []
         self.trainer: L.Trainer | None = None
 
+    def subscribe(self, bus: MonitorBus) -> None:
+        bus.subscribe_series(self.observe)
+        bus.subscribe_invalid(self.report_invalid)
+        bus.offer_alarms(self.pending)
+        bus.add_to_summary(self.summary)
+
+    def summary(self) -> dict[str, Any]:
+        return {"jumps": self.events(), "lead_lag": self.lead_lag(), "invalid_metrics": self.invalid}
+
     def setup(self, trainer, pl_module, stage: str) -> None:
         self.trainer = trainer
-        self.events_path = Path(trainer.default_root_dir) / "events.jsonl"
+        self.run_dir = RunDir(trainer.default_root_dir)
 
     def observe(self, step: int, values: dict[str, float], n_eval: dict[str, int] | None = None) -> None:
         """Feed one evaluation of some series to the detector; log and record what it confirms."""
@@ -52,6 +64,7 @@ class JumpWatch(L.Callback):
             log.info("jump in %s at step %d (onset %d): %+.3f (score %.1f)", event["series"],
                      event["step"], event["onset_step"], event["size"], event["score"])
         self._append(events)
+        self.bus.publish_jumps(events)
         for logger in trainer.loggers:
             logger.log_metrics({f"jump/{e['series']}": e["size"] for e in events}, step=step)
             _wandb_alert(logger, events)
@@ -62,25 +75,23 @@ class JumpWatch(L.Callback):
         return [name for name in self.detector.pending() if name.startswith(prefixes)]
 
     def _event_dict(self, event) -> dict[str, Any]:
-        # The event's step is the index of the batch just trained on (see common.log_step): after
-        # it, step + 1 batches have been seen.
+        # Tokens seen at the confirmation step (a log step, see trainer.steps).
         tokens_per_step = self.trainer.lightning_module.tokens_per_step
-        return {**event.to_dict(), "tokens": (event.step + 1) * tokens_per_step}
+        return {**event.to_dict(), "tokens": tokens_seen(event.step, tokens_per_step)}
 
     def events(self) -> list[dict[str, Any]]:
         return [self._event_dict(e) for e in self.detector.events]
 
     def _append(self, events: list[dict[str, Any]]) -> None:
         if self.trainer.is_global_zero:
-            with (self.events_path).open("a") as f:
-                f.writelines(json.dumps(e) + "\n" for e in events)
+            self.run_dir.append_events(events)
 
     def on_train_start(self, trainer, pl_module) -> None:
         # After a resume the detector holds exactly the events up to the checkpoint: the file is
         # rewritten from it, so events confirmed after the checkpoint are not listed twice.
         if trainer.is_global_zero:
-            self.events_path.write_text("")
-            self._append(self.events())
+            self.run_dir.start_events(self.events())
+            self.bus.publish_jumps(self.events())
 
     def report_invalid(self, step: int, series: str, error: str) -> None:
         """A metric that came out undefined (NaN, a degenerate point cloud): recorded, not logged.

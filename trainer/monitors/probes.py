@@ -10,13 +10,12 @@ import torch
 import torch.nn.functional as F
 
 from data_mixers.base import ProbeSet
+from trainer.monitors.bus import Attached
 from trainer.monitors.common import (
     Measurement,
     due,
-    find,
     forward,
     gather_logits,
-    publish,
     readout_at,
     sampler_of,
     timed,
@@ -86,7 +85,7 @@ def score_probe(model, probe: ProbeSet, device: torch.device, max_rows: int) -> 
     return _to_host(metrics), len(rows["input_ids"])
 
 
-class CapabilityProbes(L.Callback):
+class CapabilityProbes(Attached, L.Callback):
     """Scores the data source's probe sets every ``every_n_steps`` steps (``probe/<set>/<metric>``).
 
     When the topology monitor is due at the same step and reads its points from the first rows of
@@ -96,7 +95,7 @@ class CapabilityProbes(L.Callback):
 
     seconds = 0.0  # wall time spent in this monitor (see common.timed)
 
-    def __init__(self, every_n_steps: int = 50, max_rows: int = 512) -> None:
+    def __init__(self, *, every_n_steps: int, max_rows: int) -> None:
         self.every_n_steps, self.max_rows = every_n_steps, max_rows
         self.probes: list[ProbeSet] = []
 
@@ -116,9 +115,7 @@ class CapabilityProbes(L.Callback):
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if not (trainer.is_global_zero and self.probes and due(trainer, self.every_n_steps)):
             return
-        from trainer.monitors.topology_probe import TopologyProbe
-
-        topo = find(trainer, TopologyProbe)
+        topo = self.bus.forward_sharer
         metrics, n_eval = {}, {}
         model = pl_module.model
         with Measurement(model):
@@ -135,4 +132,4 @@ class CapabilityProbes(L.Callback):
                 for name, value in score_logits(logits, rows, probe, self.max_rows).items():
                     metrics[f"probe/{probe.name}/{name}"] = value
                 n_eval[f"probe/{probe.name}/acc"] = n
-        publish(trainer, _to_host(metrics), n_eval)
+        self.bus.publish(trainer, _to_host(metrics), n_eval)

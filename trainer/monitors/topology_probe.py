@@ -28,20 +28,19 @@ import torch
 
 from data_mixers.base import ProbeSet
 from trainer.measures import topology
+from trainer.monitors.bus import Attached, MonitorBus
 from trainer.monitors.common import (
     Measurement,
     due,
-    find,
     forward,
     log_step,
     previous_due,
-    publish,
     readout_at,
     sampler_of,
     timed,
     to_device,
 )
-from trainer.monitors.jumpwatch import JumpWatch
+from trainer.schema import check_settings
 
 #: The step the fallback topology batch is drawn at: no run reaches it, so it is never a
 #: training batch.
@@ -148,7 +147,7 @@ def log_spaced_steps(max_step: int, per_decade: int) -> list[int]:
     return sorted({round(10 ** (i / per_decade)) for i in range(count)})
 
 
-class TopologyProbe(L.Callback):
+class TopologyProbe(Attached, L.Callback):
     """Representation topology of fixed points (``topo/<layer>/<metric>``), attention per head
     (``topo/attn<layer>/head<h>/...``) and weights (``topo/weights/...``): cheap metrics every
     ``every_n_steps``, expensive ones on a log-spaced schedule plus bursts around candidate jumps
@@ -164,16 +163,12 @@ class TopologyProbe(L.Callback):
 
     seconds = 0.0  # wall time spent in this monitor (see common.timed)
 
-    def __init__(self, every_n_steps: int = 25, n_points: int = 64, k: int = 10,
-                 expensive_per_decade: int = 3, burst_steps: int = 100,
-                 burst_prefixes: tuple[str, ...] = ("probe/",),
-                 h1_every_n_steps: int | None = 400, h1_points: int = 64,
-                 attention: bool = True, weights: bool = True) -> None:
-        from trainer.config import ConfigError
-
-        for key, value in (("expensive_per_decade", expensive_per_decade), ("burst_steps", burst_steps)):
-            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-                raise ConfigError(f"callbacks.topology.{key}={value!r} must be an integer >= 0")
+    def __init__(self, *, every_n_steps: int, n_points: int, k: int, expensive_per_decade: int,
+                 burst_steps: int, burst_prefixes: list[str], h1_every_n_steps: int | None,
+                 h1_points: int, attention: bool, weights: bool) -> None:
+        # The defaults live in conf/callbacks/default.yaml (trainer.schema.callback_defaults).
+        check_settings("callbacks.TopologyProbe", "callbacks.topology", {
+            "expensive_per_decade": expensive_per_decade, "burst_steps": burst_steps})
         self.every_n_steps, self.n_points, self.k = every_n_steps, n_points, k
         self.expensive_per_decade, self.burst_steps = expensive_per_decade, burst_steps
         self.burst_prefixes = tuple(burst_prefixes)
@@ -185,6 +180,9 @@ class TopologyProbe(L.Callback):
         self.last_h1: int | None = None
         self.burst_until = -1
         self._shared: tuple[int, str, dict] | None = None
+
+    def subscribe(self, bus: MonitorBus) -> None:
+        bus.forward_sharer = self  # the probes hand over their forward pass when it serves here
 
     def on_train_start(self, trainer, pl_module) -> None:
         if not trainer.is_global_zero:
@@ -224,8 +222,7 @@ class TopologyProbe(L.Callback):
 
     def _expensive(self, trainer: L.Trainer, step: int) -> bool:
         """At the cheap evaluations that reach the next log-spaced step, and during a burst."""
-        watch = find(trainer, JumpWatch)
-        if self.burst_steps and watch is not None and watch.pending(self.burst_prefixes):
+        if self.burst_steps and self.bus.alarms(self.burst_prefixes):
             self.burst_until = max(self.burst_until, step + self.burst_steps)
         previous = previous_due(step, self.every_n_steps)
         on_schedule = any(previous < s <= step for s in self.schedule)
@@ -247,57 +244,20 @@ class TopologyProbe(L.Callback):
             return
         step = trainer.global_step
         expensive = self._expensive(trainer, step)
-        want_h1 = expensive and self._h1_due(step)
-        values: dict[str, float] = {}
-        unwatched: set[str] = set()
-        watch = find(trainer, JumpWatch)
-
-        def measure(series: str, compute, detect: bool = True) -> None:
-            """Add ``series/<metric>`` values; an undefined metric is reported, not raised."""
-            try:
-                new = {f"{series}/{k}": v for k, v in compute().items()}
-                values.update(new)
-                if not detect:
-                    unwatched.update(new)
-            except ValueError as exc:
-                if watch is not None:
-                    watch.report_invalid(log_step(trainer), series, str(exc))
-
         model = pl_module.model
-        with Measurement(model):
-            clouds, attention = None, None
-            for group in self.groups:
-                out = self._outputs(model, group, pl_module.device, step)
-                rows = torch.as_tensor(group.rows, device=pl_module.device)
-                positions = torch.as_tensor(group.positions, device=pl_module.device)
-                points = [h[rows, positions].float() for h in out["hidden"]]
-                clouds = points if clouds is None else [torch.cat(p) for p in zip(clouds, points)]
-                if out["attn"] is not None and (attention is None or len(group.batch["input_ids"]) > len(attention[1])):
-                    # Attention over the largest group's rows (one group but for mixed widths).
-                    attention = (out["attn"], group.batch["input_ids"])
-            # One copy of every layer's points to the host.
-            host = torch.stack(clouds).to("cpu", torch.float64).numpy()
-            labels = np.concatenate([g.batch["domain"][g.rows, g.positions] for g in self.groups])
-            labels = labels if (labels >= 0).all() and len(np.unique(labels)) > 1 else None
-            for i, X in enumerate(host):
-                name = "topo/emb" if i == 0 else f"topo/layer{i}"
-                measure(name, lambda X=X: topology.spectrum_metrics(X))
-                if expensive and i > 0:
-                    # Logged, not fed to the online detector: on a log-spaced schedule with
-                    # bursts the spacing jumps from hundreds of steps to 25, and a trend fitted
-                    # to a few sparse points calls the first dense ones a jump (it did, on the
-                    # converged tail of a long run). elab-retro dates them on a regular grid.
-                    measure(name, lambda X=X: topology.neighbourhood_metrics(
-                        X, labels, k=self.k, h1=want_h1, h1_points=self.h1_points,
-                        rng=np.random.default_rng(0)), detect=False)
-            if attention:
-                for i, layer in enumerate(_attention_by_layer(attention[0], attention[1])):
-                    measure(f"topo/attn{i}", layer)
+        values, unwatched = measure_topology(
+            model, self.groups, lambda group: self._outputs(model, group, pl_module.device, step),
+            k=self.k, expensive=expensive, h1=expensive and self._h1_due(step),
+            h1_points=self.h1_points,
+            report=lambda series, error: self.bus.report_invalid(log_step(trainer), series, error))
         if self.weights:
             params = dict(model.named_parameters())
-            measure("topo/weights", lambda: topology.weight_metrics(params, self.previous_weights, _param_group))
+            try:
+                values.update(weight_values(params, self.previous_weights))
+            except ValueError as exc:
+                self.bus.report_invalid(log_step(trainer), "topo/weights", str(exc))
             self.previous_weights = topology.snapshot(params)
-        publish(trainer, values, unwatched=unwatched)
+        self.bus.publish(trainer, values, unwatched=unwatched)
 
     def state_dict(self) -> dict[str, Any]:
         # The previous weights go into the checkpoint, so the update ratio at the first evaluation
@@ -310,6 +270,65 @@ class TopologyProbe(L.Callback):
         self.previous_weights = state_dict.get("previous_weights")
         self.last_h1 = state_dict.get("last_h1")
         self.burst_until = state_dict.get("burst_until", -1)
+
+
+def measure_topology(model, groups: list[PointGroup], outputs_of, *, k: int, expensive: bool,
+                     h1: bool, h1_points: int, report) -> tuple[dict[str, float], set[str]]:
+    """The topology of ``groups``' points at every layer, and their attention per head: what the
+    online monitor logs at an evaluation, and what ``elab-retro`` measures at a checkpoint (there
+    with ``expensive`` at every one). ``outputs_of(group)`` is the model's forward pass over the
+    group's rows (hidden states, attention); ``report(series, error)`` hears of a metric that is
+    undefined on these points (a degenerate cloud), which is then left out. Returns the values
+    and the series the online jump detector does not watch (the expensive ones)."""
+    values: dict[str, float] = {}
+    unwatched: set[str] = set()
+
+    def measure(series: str, compute, detect: bool = True) -> None:
+        """Add ``series/<metric>`` values; an undefined metric is reported, not raised."""
+        try:
+            new = {f"{series}/{k}": v for k, v in compute().items()}
+            values.update(new)
+            if not detect:
+                unwatched.update(new)
+        except ValueError as exc:
+            report(series, str(exc))
+
+    with Measurement(model):
+        clouds, attention = None, None
+        for group in groups:
+            out = outputs_of(group)
+            device = out["hidden"][0].device
+            rows = torch.as_tensor(group.rows, device=device)
+            positions = torch.as_tensor(group.positions, device=device)
+            points = [h[rows, positions].float() for h in out["hidden"]]
+            clouds = points if clouds is None else [torch.cat(p) for p in zip(clouds, points)]
+            if out["attn"] is not None and (attention is None or len(group.batch["input_ids"]) > len(attention[1])):
+                # Attention over the largest group's rows (one group but for mixed widths).
+                attention = (out["attn"], group.batch["input_ids"])
+        # One copy of every layer's points to the host.
+        host = torch.stack(clouds).to("cpu", torch.float64).numpy()
+        labels = np.concatenate([g.batch["domain"][g.rows, g.positions] for g in groups])
+        labels = labels if (labels >= 0).all() and len(np.unique(labels)) > 1 else None
+        for i, X in enumerate(host):
+            name = "topo/emb" if i == 0 else f"topo/layer{i}"
+            measure(name, lambda X=X: topology.spectrum_metrics(X))
+            if expensive and i > 0:
+                # Logged, not fed to the online detector: on a log-spaced schedule with bursts
+                # the spacing jumps from hundreds of steps to 25, and a trend fitted to a few
+                # sparse points calls the first dense ones a jump (it did, on the converged tail
+                # of a long run). elab-retro dates them on a regular grid.
+                measure(name, lambda X=X: topology.neighbourhood_metrics(
+                    X, labels, k=k, h1=h1, h1_points=h1_points, rng=np.random.default_rng(0)),
+                    detect=False)
+        if attention:
+            for i, layer in enumerate(_attention_by_layer(attention[0], attention[1])):
+                measure(f"topo/attn{i}", layer)
+    return values, unwatched
+
+
+def weight_values(params: dict[str, torch.Tensor], previous: dict[str, torch.Tensor] | None) -> dict[str, float]:
+    """``topo/weights/...``: norms per parameter group, and the update since ``previous``."""
+    return {f"topo/weights/{k}": v for k, v in topology.weight_metrics(params, previous, _param_group).items()}
 
 
 def _attention_by_layer(attn: list[torch.Tensor], input_ids) -> list:

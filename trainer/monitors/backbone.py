@@ -13,6 +13,8 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from trainer import run_info
+from trainer.monitors.bus import Attached, MonitorBus
+from trainer.run_dir import RunDir
 
 log = logging.getLogger("emergence_lab")
 
@@ -38,7 +40,7 @@ class RunCheckpoint(ModelCheckpoint):
         self._last_checkpoint_saved = filepath
 
 
-class Throughput(L.Callback):
+class Throughput(Attached, L.Callback):
     """Tokens per second of the training loop, from the first finished step on (start-up, compile
     and the first batch are excluded), logged as ``train/tokens_per_s``."""
 
@@ -47,6 +49,12 @@ class Throughput(L.Callback):
         self.t0: float | None = None
         self.step0 = 0
         self.tokens_per_s: float | None = None
+
+    def subscribe(self, bus: MonitorBus) -> None:
+        bus.add_to_summary(self.summary)
+
+    def summary(self) -> dict[str, Any]:
+        return {"tokens_per_s": self.tokens_per_s}
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         now = time.perf_counter()
@@ -60,7 +68,7 @@ class Throughput(L.Callback):
                 pl_module.log("train/tokens_per_s", self.tokens_per_s)
 
 
-class RunSummary(L.Callback):
+class RunSummary(Attached, L.Callback):
     """Writes ``summary.json`` (and creates ``events.jsonl``, which :class:`JumpWatch` fills) on
     rank 0 at the end of fit or on an exception, inside the training process, so it is right under
     every strategy (spawned DDP workers included)."""
@@ -84,13 +92,9 @@ class RunSummary(L.Callback):
     def setup(self, trainer, pl_module, stage: str) -> None:
         if trainer.is_global_zero:
             self.run_dir.mkdir(parents=True, exist_ok=True)
-            (self.run_dir / "events.jsonl").touch()
+            RunDir(self.run_dir).events_path.touch()
 
     def write(self, trainer, status: str, error: str | None = None) -> dict[str, Any]:
-        from trainer.monitors import JumpWatch
-
-        throughput = next((c for c in trainer.callbacks if isinstance(c, Throughput)), None)
-        watch = next((c for c in trainer.callbacks if isinstance(c, JumpWatch)), None)
         metrics = {k: _to_float(v) for k, v in sorted(trainer.callback_metrics.items())}
         summary = {
             "status": status,
@@ -100,17 +104,18 @@ class RunSummary(L.Callback):
             "metrics": metrics,
             "steps": trainer.global_step,
             "tokens_seen": trainer.global_step * self.static["tokens_per_step"],
-            "tokens_per_s": throughput.tokens_per_s if throughput else None,
+            "tokens_per_s": None,
             "wall_time_s": round(time.time() - self.t_start, 3),
-            "jumps": watch.events() if watch else [],
-            "lead_lag": watch.lead_lag() if watch else [],
-            "invalid_metrics": watch.invalid if watch else [],
-            "monitor_seconds": _seconds(trainer, "seconds"),
-            "checkpoint_seconds": _seconds(trainer, "checkpoint_seconds"),
+            "jumps": [],
+            "lead_lag": [],
+            "invalid_metrics": [],
+            "monitor_seconds": {},
+            "checkpoint_seconds": {},
             **run_info.environment(),
             "transitions": write_run_transitions(trainer, self.run_dir, self.static),
         }
-        run_info.write_json(self.run_dir / "summary.json", summary)
+        summary.update(self.bus.summary())  # what the monitors add (the keys keep their places)
+        RunDir(self.run_dir).write_summary(summary)
         return summary
 
     def on_fit_end(self, trainer, pl_module) -> None:
@@ -127,8 +132,9 @@ def write_run_transitions(trainer, run_dir: Path, static: dict[str, Any]) -> dic
     """``transitions.json`` from the CSV logger's rows; returns its summary for summary.json
     (None without a CSV logger). Lightning finalizes its loggers only after ``on_fit_end``, so the
     CSV is flushed first. A fit that fails is logged and must not cost the run its summary."""
-    from trainer.loggers import ResumableCSVLogger, read_metrics_csv
-    from trainer.measures.transitions import summarize, write_transitions
+    from trainer.loggers import ResumableCSVLogger
+    from trainer.measures.transitions import fit_report, summarize
+    from trainer.run_dir import RunDir, read_metrics_csv
 
     csv_logger = next((lg for lg in trainer.loggers if isinstance(lg, ResumableCSVLogger)), None)
     if csv_logger is None:
@@ -138,7 +144,8 @@ def write_run_transitions(trainer, run_dir: Path, static: dict[str, Any]) -> dic
         csv_logger.save()
         _, rows = read_metrics_csv(path) if path.is_file() else ([], [])
         series = (static.get("config") or {}).get("transitions", {}).get("series") or []
-        report = write_transitions(run_dir / "transitions.json", rows, static["tokens_per_step"], series)
+        report = fit_report(rows, static["tokens_per_step"], series)
+        RunDir(run_dir).write_transitions(report)
     except Exception as exc:  # noqa: BLE001 -- a measurement, not the run
         log.warning("transitions.json not written: %s: %s", type(exc).__name__, exc)
         return {"error": f"{type(exc).__name__}: {exc}"}
@@ -149,7 +156,3 @@ def _to_float(value: Any) -> float:
     return float(value.item()) if isinstance(value, torch.Tensor) else float(value)
 
 
-def _seconds(trainer, attribute: str) -> dict[str, float]:
-    """Wall seconds each callback spent, as it timed itself (``attribute``), by class name."""
-    return {type(c).__name__: round(getattr(c, attribute), 3)
-            for c in trainer.callbacks if hasattr(c, attribute)}

@@ -25,28 +25,18 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import time
 from pathlib import Path
 
 import lightning as L
 import torch
 
-from trainer.run_info import read_events
+from trainer.monitors.bus import Attached, MonitorBus
+from trainer.run_dir import trail_steps
+from trainer.schema import check_settings
+from trainer.steps import global_step_of
 
 log = logging.getLogger("emergence_lab")
-
-TRAIL_NAME = re.compile(r"^step-(\d+)\.ckpt$")
-
-
-def trail_steps(dirpath: str | Path) -> dict[int, Path]:
-    """The trail checkpoints in ``dirpath`` by step (``last.ckpt`` is not part of the trail)."""
-    found = {}
-    for path in Path(dirpath).glob("step-*.ckpt"):
-        match = TRAIL_NAME.match(path.name)
-        if match:
-            found[int(match.group(1))] = path
-    return dict(sorted(found.items()))
 
 
 def log_linear_steps(max_step: int, log_per_octave: int, every_n_steps: int, first: int = 1) -> set[int]:
@@ -61,7 +51,7 @@ def log_linear_steps(max_step: int, log_per_octave: int, every_n_steps: int, fir
     return {step for step in steps if step >= first}
 
 
-class CheckpointTrail(L.Callback):
+class CheckpointTrail(Attached, L.Callback):
     """Keeps ``dirpath/step-<n>.ckpt`` at the steps of a log + linear schedule.
 
     - ``log_per_octave``: log-spaced checkpoints per doubling of the step (0: none).
@@ -70,21 +60,18 @@ class CheckpointTrail(L.Callback):
     - ``protect_window``: steps either side of a jump's onset that thinning spares while it can.
     """
 
-    def __init__(self, dirpath: str, log_per_octave: int = 2, every_n_steps: int = 25,
-                 budget_mb: float = 200.0, protect_window: int = 100) -> None:
-        from trainer.config import ConfigError
-
-        for key, value in (("log_per_octave", log_per_octave), ("every_n_steps", every_n_steps),
-                           ("protect_window", protect_window)):
-            if not isinstance(value, int) or value < 0:
-                raise ConfigError(f"callbacks.trail.{key}={value!r} must be an integer >= 0")
-        if not budget_mb > 0:
-            raise ConfigError(f"callbacks.trail.budget_mb={budget_mb!r} must be > 0")
+    def __init__(self, dirpath: str, *, log_per_octave: int, every_n_steps: int,
+                 budget_mb: float, protect_window: int) -> None:
+        # The defaults live in conf/callbacks/default.yaml (trainer.schema.callback_defaults).
+        check_settings("callbacks.CheckpointTrail", "callbacks.trail", {
+            "log_per_octave": log_per_octave, "every_n_steps": every_n_steps,
+            "budget_mb": budget_mb, "protect_window": protect_window})
         self.dirpath = Path(dirpath)
         self.log_per_octave, self.every_n_steps = log_per_octave, every_n_steps
         self.budget_bytes = int(budget_mb * 2**20)
         self.protect_window = protect_window
         self.schedule: set[int] = set()
+        self.onsets: set[int] = set()  # global steps of the jumps' onsets, from the bus
         # Reported as summary.json's checkpoint_seconds, beside (not inside) monitor_seconds: the
         # trail writes checkpoints as RunCheckpoint does; it measures nothing during training.
         self.checkpoint_seconds = 0.0
@@ -115,15 +102,20 @@ class CheckpointTrail(L.Callback):
         self._thin()
         self.checkpoint_seconds += time.perf_counter() - start
 
+    def subscribe(self, bus: MonitorBus) -> None:
+        bus.subscribe_jumps(self.on_jumps)
+
+    def on_jumps(self, events: list[dict]) -> None:
+        """Jumps confirmed so far (after a resume: the ones up to its checkpoint, published again)."""
+        self.onsets.update(global_step_of(int(e["onset_step"])) for e in events)
+
     def _protected(self) -> set[int]:
-        """Trail steps near the onset of a jump detected so far (events.jsonl of the run)."""
+        """Trail steps near the onset of a jump detected so far."""
         if not self.protect_window:
             return set()
-        events = read_events(self.dirpath.parent / "events.jsonl")
-        onsets = [int(e["onset_step"]) + 1 for e in events]  # log step -> global step
         return {
             step for step in trail_steps(self.dirpath)
-            if any(abs(step - onset) <= self.protect_window for onset in onsets)
+            if any(abs(step - onset) <= self.protect_window for onset in self.onsets)
         }
 
     def _thin(self) -> None:

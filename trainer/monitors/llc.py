@@ -3,7 +3,7 @@
 The estimator and its diagnostics live in :mod:`trainer.measures.llc`; this module decides when it
 runs, on which data, and where the results go:
 
-- a log + linear schedule (:func:`trainer.trail.log_linear_steps`): the LLC moves most early on
+- a log + linear schedule (:func:`trainer.monitors.trail.log_linear_steps`): the LLC moves most early on
   and an SGLD estimate costs hundreds of forward/backward passes, so it runs on few steps;
 - fixed batches of the *training* distribution (the LLC is a property of the training loss at
   w*), drawn from steps no run reaches so they never coincide with a training batch and are the
@@ -22,16 +22,20 @@ from __future__ import annotations
 import json
 import logging
 import time
-from pathlib import Path
 from typing import Any
 
 import lightning as L
 import numpy as np
 import torch
 
+from trainer.errors import ConfigError
 from trainer.measures.llc import sample_llc
 from trainer.module import masked_cross_entropy
-from trainer.trail import log_linear_steps
+from trainer.monitors.bus import Attached
+from trainer.monitors.trail import log_linear_steps
+from trainer.run_dir import RunDir
+from trainer.schema import check_settings
+from trainer.steps import log_step
 
 log = logging.getLogger("emergence_lab")
 
@@ -56,7 +60,7 @@ def lm_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Ten
     return masked_cross_entropy(logits, batch["targets"], batch["loss_mask"])
 
 
-class LLCMonitor(L.Callback):
+class LLCMonitor(Attached, L.Callback):
     """``llc/...`` every few steps on a log + linear schedule (see the module docstring).
 
     Schedule: ``log_per_octave`` estimates per doubling of the step and one every
@@ -71,18 +75,13 @@ class LLCMonitor(L.Callback):
                  n_batches: int = 4, batch_size: int = 64, chains: int = 2, steps: int = 100,
                  burn_in: int = 20, lr: float = 3e-4, localization: float = 100.0,
                  n_beta: float | None = 100.0, seed: int = 0) -> None:
-        from trainer.config import ConfigError
-
-        for key, value, low in (("log_per_octave", log_per_octave, 0), ("every_n_steps", every_n_steps, 0),
-                                ("first_step", first_step, 1), ("n_batches", n_batches, 1),
-                                ("batch_size", batch_size, 2), ("chains", chains, 1), ("steps", steps, 8)):
-            if not isinstance(value, int) or value < low:
-                raise ConfigError(f"callbacks.llc.{key}={value!r} must be an integer >= {low}")
-        if not 0 <= burn_in < steps - 3:
+        check_settings("callbacks.LLCMonitor", "callbacks.llc", {
+            "log_per_octave": log_per_octave, "every_n_steps": every_n_steps,
+            "first_step": first_step, "n_batches": n_batches, "batch_size": batch_size,
+            "chains": chains, "steps": steps, "burn_in": burn_in, "lr": lr,
+            "localization": localization, "n_beta": n_beta})
+        if not burn_in < steps - 3:
             raise ConfigError(f"callbacks.llc.burn_in={burn_in!r} must lie in [0, steps - 3)")
-        if not (lr > 0 and localization >= 0 and (n_beta is None or n_beta > 0)):
-            raise ConfigError(f"callbacks.llc: lr={lr!r} and n_beta={n_beta!r} must be > 0, "
-                              f"localization={localization!r} >= 0")
         self.log_per_octave, self.every_n_steps, self.first_step = log_per_octave, every_n_steps, first_step
         self.n_batches, self.batch_size = n_batches, batch_size
         self.settings = {"steps": steps, "burn_in": burn_in, "lr": lr, "localization": localization,
@@ -104,7 +103,7 @@ class LLCMonitor(L.Callback):
         if trainer.is_global_zero:
             self.batches = llc_batches(trainer.datamodule.sampler, self.n_batches, self.batch_size,
                                        pl_module.device)
-            self.traces_path = Path(trainer.default_root_dir) / "llc" / "traces.jsonl"
+            self.traces_path = RunDir(trainer.default_root_dir).llc_traces_path
             self.traces_path.parent.mkdir(parents=True, exist_ok=True)
             if self.traces_path.exists():  # a resume keeps the evaluations up to its checkpoint
                 kept = [line for line in self.traces_path.read_text().splitlines()
@@ -115,19 +114,16 @@ class LLCMonitor(L.Callback):
         if not (trainer.is_global_zero and trainer.global_step in self.schedule):
             return
         start = time.perf_counter()
-        step = trainer.global_step - 1  # the step the monitors log a measurement after it at
+        step = log_step(trainer.global_step)
         # sample_llc works on a deep copy with its own generators: the training weights and RNGs
         # are untouched.
         estimate = self.estimate(pl_module.model, self.batches)
         for problem in estimate.problems:
             log.warning("step %d: LLC %s", step, problem)
-        values = estimate.metrics()
-        if estimate.diverged:
-            values = {}
-        for logger in trainer.loggers:
-            logger.log_metrics(values, step=step)
-        for key, value in values.items():
-            trainer.callback_metrics[key] = torch.tensor(value)
+        values = {} if estimate.diverged else estimate.metrics()
+        # The chains, spread, R-hat and initial loss are diagnostics of one estimate: logged, but
+        # only llc/mean is a series for the jump detector.
+        self.bus.publish(trainer, values, unwatched={k for k in values if k != "llc/mean"})
         with self.traces_path.open("a") as f:
             f.write(json.dumps({"step": step, **estimate.trace_dict()}) + "\n")
         self.seconds += time.perf_counter() - start
