@@ -29,6 +29,7 @@ from trainer.config import (
     validate,
     warmup_steps_for,
 )
+from trainer.console import RunInterrupted, drop_adverts, log_above_progress_bar, resume_command
 from trainer.failures import bad_input_message, record_failure
 from trainer.memory import allocation_refused, check_fits_memory
 from trainer.resume import check_budget, check_same_run, check_weights_fit, finished_summary, resume_check
@@ -156,9 +157,11 @@ def _train(cfg: DictConfig, run_dir: Path, callbacks: list) -> dict[str, Any]:
     from trainer.callbacks import RunSummary, Throughput
     from trainer.data import StepDataModule
     from trainer.module import LitLM
+    from trainer.report import chance_levels, write_report
     from trainer.run_files import write_run_files
 
     _route_lightning_logs()
+    drop_adverts()
     warnings.filterwarnings("ignore", message=".*isinstance\\(treespec, LeafSpec\\)")
     # LitLM moves its flat batch dicts itself (faster than Lightning's generic walk), on purpose.
     warnings.filterwarnings("ignore", message="You have overridden `transfer_batch_to_device`")
@@ -233,6 +236,7 @@ def _train(cfg: DictConfig, run_dir: Path, callbacks: list) -> dict[str, Any]:
             "flops_per_token": model.flops_per_token(sampler.seq_len),
             "malloc": malloc,
             "data": sampler.describe(),
+            "chance": chance_levels(sampler.probe_sets()),
             **_repetition(sampler, cfg.budget.tokens),
             "resumed_from_step": resume_step,
             "config": to_plain(cfg),
@@ -253,6 +257,9 @@ def _train(cfg: DictConfig, run_dir: Path, callbacks: list) -> dict[str, Any]:
     loggers = _build_loggers(cfg, resume_step, context, tokens_per_step)
 
     pl_kwargs = {k: v for k, v in to_plain(cfg.pl).items() if k not in ("precision",)}
+    # Lightning's model summary counts FLOPs only with an example input (it prints 0): the
+    # "model:" line below says parameters and FLOPs/token instead.
+    pl_kwargs.setdefault("enable_model_summary", False)
     pl_trainer = _build_pl_trainer(
         pl_kwargs,
         precision=_precision(cfg),
@@ -275,33 +282,38 @@ def _train(cfg: DictConfig, run_dir: Path, callbacks: list) -> dict[str, Any]:
     if pl_trainer.is_global_zero:
         log.info("run dir: %s", run_dir.resolve())
         log.info(
-            "model: %s, %.3fM parameters; %d steps of %d tokens (budget.tokens=%d)",
+            "model: %s, %.3fM parameters, %s FLOPs/token; %d steps of %d tokens (budget.tokens=%d)",
             type(model).__name__,
             model.num_params() / 1e6,
+            f"{model.flops_per_token(sampler.seq_len):,}",
             total_steps,
             tokens_per_step,
             cfg.budget.tokens,
         )
+    interrupted = False
     try:
-        pl_trainer.fit(
-            module,
-            datamodule=datamodule,
-            ckpt_path=str(ckpt) if ckpt else None,
-            weights_only=True,
-        )
+        with log_above_progress_bar():
+            pl_trainer.fit(
+                module,
+                datamodule=datamodule,
+                ckpt_path=str(ckpt) if ckpt else None,
+                weights_only=True,
+            )
+    except SystemExit:
+        interrupted = pl_trainer.interrupted  # Lightning ends a graceful Ctrl-C with sys.exit(1)
+        if not interrupted:
+            raise
     finally:
-        _finish_wandb(failed=pl_trainer.state.status.value != "finished")
+        _finish_wandb(run_dir, failed=pl_trainer.state.status.value != "finished")
     if not pl_trainer.is_global_zero:
         return {}
     # Written by rank 0 inside the training process (see RunSummary): right under spawn strategies too.
     summary = json.loads((run_dir / "summary.json").read_text())
-    if summary["status"] == "completed":
-        log.info(
-            "done: %d steps, %s tokens/s; run dir: %s",
-            pl_trainer.global_step,
-            f"{summary['tokens_per_s']:.0f}" if summary.get("tokens_per_s") else "n/a",
-            run_dir.resolve(),
-        )
+    log.info("%s", write_report(run_dir))
+    if interrupted:
+        command = resume_command(run_dir, context["overrides"])
+        log.warning("interrupted at step %d; resume with: %s", pl_trainer.global_step, command)
+        raise RunInterrupted(command)
     return summary
 
 
@@ -350,11 +362,15 @@ def _route_lightning_logs() -> None:
             lightning_logger.propagate = True
 
 
-def _finish_wandb(failed: bool) -> None:
-    """Close the wandb run whatever happened, so the next job of a multirun starts clean."""
+def _finish_wandb(run_dir: Path, failed: bool) -> None:
+    """Complete the wandb run from the run dir (summary, events, figure) and close it whatever
+    happened, so the next job of a multirun starts clean."""
     import sys
 
     if "wandb" in sys.modules and sys.modules["wandb"].run is not None:
+        from trainer.wandb_report import complete_run
+
+        complete_run(sys.modules["wandb"].run, run_dir)
         sys.modules["wandb"].finish(exit_code=1 if failed else 0)
 
 
@@ -395,7 +411,8 @@ def _hydra_main(cfg: DictConfig) -> float | None:
 def main() -> None:
     """``elab-train``. Exit codes: 0 done (or nothing to do), 2 bad input -- a config Hydra cannot
     compose, a value the checks refuse, a busy or unwritable run dir, a checkpoint that does not
-    fit -- always before training, with one message and no traceback; 1 anything else."""
+    fit -- always before training, with one message and no traceback; 130 interrupted (Ctrl-C:
+    the run's summary says 'interrupted', and the last line how to resume it); 1 anything else."""
     import sys
     import traceback
 
@@ -408,6 +425,12 @@ def main() -> None:
     os.environ["HYDRA_FULL_ERROR"] = "1"
     try:
         _hydra_main()
+    except KeyboardInterrupt as exc:
+        # Ctrl-C: an interrupted run has logged how to resume it (RunInterrupted); one before
+        # training began has nothing to resume.
+        if not isinstance(exc, RunInterrupted):
+            print("interrupted before training began", file=sys.stderr)
+        raise SystemExit(130) from None
     except Exception as exc:
         message = bad_input_message(exc)
         if _task_started and message is not None:
