@@ -38,18 +38,21 @@ class _AboveTheBar(logging.StreamHandler):
         self.setLevel(original.level)
         for f in original.filters:
             self.addFilter(f)
+        self._bars_at_last_line: tuple = ()
 
     def emit(self, record: logging.LogRecord) -> None:
         from tqdm import tqdm
 
         try:
             message = self.format(record)
-            if not getattr(tqdm, "_instances", None):
+            bars = tuple((id(b), b.n, str(b.postfix)) for b in list(getattr(tqdm, "_instances", ())))
+            if not bars:
                 self.stream.write(message + "\n")
             elif self.stream.isatty():
                 tqdm.write(message, file=self.stream)
-            else:
-                self.stream.write("\n" + message + "\n")
+            else:  # a new line only when a bar has drawn since this handler's last line
+                self.stream.write(("" if bars == self._bars_at_last_line else "\n") + message + "\n")
+            self._bars_at_last_line = bars
             self.flush()
         except Exception:  # logging's own contract: a broken handler never breaks the run
             self.handleError(record)
@@ -70,10 +73,20 @@ def log_above_progress_bar() -> Iterator[None]:
             root.handlers[i] = handler
 
 
-def resume_command(run_dir: Path, overrides: list[str]) -> str:
-    """The command that resumes this run: the same overrides, this run dir, ``ckpt_path=last``."""
+def close_progress_bars() -> None:
+    """End the bars an interrupted fit left open, so that nothing is drawn after the last line."""
+    from tqdm import tqdm
+
+    for bar in list(getattr(tqdm, "_instances", ())):
+        bar.close()
+
+
+def resume_command(run_dir: Path, overrides: list[str], resumable: bool = True) -> str:
+    """The command that resumes this run (the same overrides, this run dir, ``ckpt_path=last``),
+    or that starts it again when it has no checkpoint yet."""
     kept = [o for o in overrides if not o.startswith(("hydra.run.dir=", "ckpt_path="))]
-    words = ["elab-train", *kept, f"hydra.run.dir={Path(run_dir).resolve()}", "ckpt_path=last"]
+    words = ["elab-train", *kept, f"hydra.run.dir={Path(run_dir).resolve()}"]
+    words += ["ckpt_path=last"] if resumable else []
     return " ".join(shlex.quote(w) for w in words)
 
 

@@ -157,7 +157,7 @@ def run_report(run: dict[str, Any], holder: str | None = None) -> str:
     events = run.get("events") or []
     run_dir = run.get("run_dir", ".")
     lines = [f"run report: {run_dir}", _status_line(run, holder)]
-    if summary.get("status") in ("failed", "interrupted") and summary.get("error"):
+    if summary.get("status") == "failed" and summary.get("error"):
         lines.append(f"error: {summary['error']}")
     finals = capability_finals(summary)
     chance = summary.get("chance") or {}

@@ -29,7 +29,13 @@ from trainer.config import (
     validate,
     warmup_steps_for,
 )
-from trainer.console import RunInterrupted, drop_adverts, log_above_progress_bar, resume_command
+from trainer.console import (
+    RunInterrupted,
+    close_progress_bars,
+    drop_adverts,
+    log_above_progress_bar,
+    resume_command,
+)
 from trainer.failures import bad_input_message, record_failure
 from trainer.memory import allocation_refused, check_fits_memory
 from trainer.resume import check_budget, check_same_run, check_weights_fit, finished_summary, resume_check
@@ -303,6 +309,7 @@ def _train(cfg: DictConfig, run_dir: Path, callbacks: list) -> dict[str, Any]:
         interrupted = pl_trainer.interrupted  # Lightning ends a graceful Ctrl-C with sys.exit(1)
         if not interrupted:
             raise
+        close_progress_bars()
     finally:
         _finish_wandb(run_dir, failed=pl_trainer.state.status.value != "finished")
     if not pl_trainer.is_global_zero:
@@ -311,8 +318,11 @@ def _train(cfg: DictConfig, run_dir: Path, callbacks: list) -> dict[str, Any]:
     summary = json.loads((run_dir / "summary.json").read_text())
     log.info("%s", write_report(run_dir))
     if interrupted:
-        command = resume_command(run_dir, context["overrides"])
-        log.warning("interrupted at step %d; resume with: %s", pl_trainer.global_step, command)
+        resumable = (run_dir / "checkpoints" / "last.ckpt").is_file()
+        command = resume_command(run_dir, context["overrides"], resumable)
+        log.warning("interrupted at step %d; %s: %s", pl_trainer.global_step,
+                    "resume with" if resumable else "no checkpoint to resume: start again with",
+                    command)
         raise RunInterrupted(command)
     return summary
 
