@@ -6,7 +6,6 @@ from __future__ import annotations
 import importlib.util
 import json
 import warnings
-import warnings
 
 import pytest
 import torch

@@ -4,6 +4,7 @@ without the training stack."""
 from __future__ import annotations
 
 import os
+import resource
 import subprocess
 import sys
 import time
@@ -90,13 +91,17 @@ def test_a_path_that_is_no_run_is_refused_with_exit_2(tmp_path, capsys):
 
 def test_elab_show_is_fast_and_imports_neither_torch_nor_lightning(tmp_path):
     run = write_run_summary(tmp_path / "run")
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     proc = subprocess.run([sys.executable, "-X", "importtime", "-m", "trainer.show", str(run)],
                           cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)},
                           capture_output=True, text=True, timeout=60)
     took = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
     assert proc.returncode == 0 and "probe/icl/acc" in proc.stdout
     imported = {line.split("|")[-1].strip().split(".")[0] for line in proc.stderr.splitlines()
                 if line.startswith("import time:")}
     assert not imported & {"torch", "lightning", "numpy", "matplotlib"}, sorted(imported)
-    assert took < 2.0, f"{took:.2f} s"
+    # CPU seconds (what the tool costs; ~0.2 s) and a wall-clock bound loose enough for a loaded box.
+    assert cpu < 1.0 and took < 5.0, f"{cpu:.2f} s CPU, {took:.2f} s wall"

@@ -93,6 +93,12 @@ def resume_command(run_dir: Path, overrides: list[str], resumable: bool = True) 
 class RunInterrupted(KeyboardInterrupt):
     """Ctrl-C during training: the summary says 'interrupted' and ``elab-train`` exits 130."""
 
-    def __init__(self, command: str) -> None:
-        super().__init__(command)
-        self.command = command
+
+def interrupted(run_dir: Path, overrides: list[str], step: int) -> RunInterrupted:
+    """Log the run's last line -- the command that resumes it (or, before its first checkpoint,
+    starts it again) -- and return the exception that ends ``elab-train`` with 130."""
+    resumable = (Path(run_dir) / "checkpoints" / "last.ckpt").is_file()
+    command = resume_command(run_dir, overrides, resumable)
+    what = "resume with" if resumable else "no checkpoint to resume: start again with"
+    logging.getLogger("emergence_lab").warning("interrupted at step %d; %s: %s", step, what, command)
+    return RunInterrupted(command)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import sys
 import uuid
 import warnings
 from pathlib import Path
@@ -18,6 +19,7 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig
 
+from trainer import console
 from trainer.config import (
     ConfigError,
     check_metric_logged,
@@ -28,13 +30,6 @@ from trainer.config import (
     to_plain,
     validate,
     warmup_steps_for,
-)
-from trainer.console import (
-    RunInterrupted,
-    close_progress_bars,
-    drop_adverts,
-    log_above_progress_bar,
-    resume_command,
 )
 from trainer.failures import bad_input_message, record_failure
 from trainer.memory import allocation_refused, check_fits_memory
@@ -167,7 +162,7 @@ def _train(cfg: DictConfig, run_dir: Path, callbacks: list) -> dict[str, Any]:
     from trainer.run_files import write_run_files
 
     _route_lightning_logs()
-    drop_adverts()
+    console.drop_adverts()
     warnings.filterwarnings("ignore", message=".*isinstance\\(treespec, LeafSpec\\)")
     # LitLM moves its flat batch dicts itself (faster than Lightning's generic walk), on purpose.
     warnings.filterwarnings("ignore", message="You have overridden `transfer_batch_to_device`")
@@ -298,7 +293,7 @@ def _train(cfg: DictConfig, run_dir: Path, callbacks: list) -> dict[str, Any]:
         )
     interrupted = False
     try:
-        with log_above_progress_bar():
+        with console.log_above_progress_bar():
             pl_trainer.fit(
                 module,
                 datamodule=datamodule,
@@ -309,21 +304,19 @@ def _train(cfg: DictConfig, run_dir: Path, callbacks: list) -> dict[str, Any]:
         interrupted = pl_trainer.interrupted  # Lightning ends a graceful Ctrl-C with sys.exit(1)
         if not interrupted:
             raise
-        close_progress_bars()
+        console.close_progress_bars()
     finally:
-        _finish_wandb(run_dir, failed=pl_trainer.state.status.value != "finished")
+        if "wandb" in sys.modules:  # close the wandb run whatever happened, completed from the run dir
+            from trainer.wandb_report import finish_run
+
+            finish_run(run_dir, failed=pl_trainer.state.status.value != "finished")
     if not pl_trainer.is_global_zero:
         return {}
     # Written by rank 0 inside the training process (see RunSummary): right under spawn strategies too.
     summary = json.loads((run_dir / "summary.json").read_text())
     log.info("%s", write_report(run_dir))
     if interrupted:
-        resumable = (run_dir / "checkpoints" / "last.ckpt").is_file()
-        command = resume_command(run_dir, context["overrides"], resumable)
-        log.warning("interrupted at step %d; %s: %s", pl_trainer.global_step,
-                    "resume with" if resumable else "no checkpoint to resume: start again with",
-                    command)
-        raise RunInterrupted(command)
+        raise console.interrupted(run_dir, context["overrides"], pl_trainer.global_step)
     return summary
 
 
@@ -372,18 +365,6 @@ def _route_lightning_logs() -> None:
             lightning_logger.propagate = True
 
 
-def _finish_wandb(run_dir: Path, failed: bool) -> None:
-    """Complete the wandb run from the run dir (summary, events, figure) and close it whatever
-    happened, so the next job of a multirun starts clean."""
-    import sys
-
-    if "wandb" in sys.modules and sys.modules["wandb"].run is not None:
-        from trainer.wandb_report import complete_run
-
-        complete_run(sys.modules["wandb"].run, run_dir)
-        sys.modules["wandb"].finish(exit_code=1 if failed else 0)
-
-
 _task_started = False
 _launcher_pid: int | None = None  # the process `elab-train` started in: set by main()
 
@@ -423,7 +404,6 @@ def main() -> None:
     compose, a value the checks refuse, a busy or unwritable run dir, a checkpoint that does not
     fit -- always before training, with one message and no traceback; 130 interrupted (Ctrl-C:
     the run's summary says 'interrupted', and the last line how to resume it); 1 anything else."""
-    import sys
     import traceback
 
     global _launcher_pid
@@ -438,7 +418,7 @@ def main() -> None:
     except KeyboardInterrupt as exc:
         # Ctrl-C: an interrupted run has logged how to resume it (RunInterrupted); one before
         # training began has nothing to resume.
-        if not isinstance(exc, RunInterrupted):
+        if not isinstance(exc, console.RunInterrupted):
             print("interrupted before training began", file=sys.stderr)
         raise SystemExit(130) from None
     except Exception as exc:

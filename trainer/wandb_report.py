@@ -40,6 +40,16 @@ def summary_fields(run: dict[str, Any]) -> dict[str, Any]:
     return fields
 
 
+def finish_run(run_dir: Path, failed: bool) -> None:
+    """Complete the open wandb run from the run dir and close it, whatever happened, so the next
+    job of a multirun starts clean."""
+    import wandb
+
+    if wandb.run is not None:
+        complete_run(wandb.run, run_dir)
+        wandb.finish(exit_code=1 if failed else 0)
+
+
 def complete_run(wandb_run: Any, run_dir: Path) -> None:
     """Write the summary fields, the ``events`` table and the ``figure`` image into ``wandb_run``.
     Anything that fails here is logged, never raised: the run's own files are already written."""

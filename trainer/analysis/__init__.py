@@ -24,8 +24,8 @@ from trainer.analysis.axes import (
     swept_axes,
 )
 from trainer.analysis.cli import analyze_sweep_main, plot_run_main
-from trainer.analysis.phase import PhaseGrid, format_tokens, phase_grid, plot_phase_diagram
 from trainer.analysis.panels import all_panels, compact_panels
+from trainer.analysis.phase import PhaseGrid, format_tokens, phase_grid, plot_phase_diagram
 from trainer.analysis.plots import plot_run, plot_runs
 from trainer.analysis.report import SweepAnalysis, analyze_sweep, write_report
 from trainer.analysis.runs import (
