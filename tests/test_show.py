@@ -24,8 +24,10 @@ def test_a_finished_run_reads_at_a_glance(tmp_path, capsys):
     transitions = {"probe/icl/acc": [{"midpoint_step": 590.0, "width_steps": 42.0, "height": 0.71,
                                       "ci95": [575.0, 604.0]}]}
     run = write_run_summary(tmp_path / "run", transitions=transitions)
-    rc, out = _show(run, capsys)
-    assert rc == 0
+    rc, text = _show(run, capsys)
+    prose = [line for line in text.splitlines() if str(run) not in line]  # commands stay whole
+    assert rc == 0 and max(map(len, prose)) <= 100
+    out = text.replace("\n      ", " ").replace("\n  ", " ")  # long lines are folded
     assert "status: completed; 1838 of 1838 steps, 1,999,744 tokens" in out
     assert "37,145 tokens/s" in out and "422,400 FLOPs/token" in out
     capability = next(line for line in out.splitlines() if "probe/icl/acc" in line)

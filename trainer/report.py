@@ -10,6 +10,7 @@ finished, failed or running run reads the same. No torch, no Lightning: ``elab-s
 from __future__ import annotations
 
 import json
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -144,7 +145,7 @@ def _lead_text(entry: dict[str, Any]) -> list[str]:
             named = ", ".join(f"{o['series']} (onset {o['onset_step']}, lead {o.get('lead_steps', '?')})"
                               for o in others[:4])
             more = f" and {len(others) - 4} more" if len(others) > 4 else ""
-            lines.append(f"    {word}: {named}{more}")
+            lines.append(_wrap(f"{word}: {named}{more}", "    "))
     if not lines:
         lines.append("    no other series jumped before or with it")
     return lines
@@ -156,7 +157,7 @@ def run_report(run: dict[str, Any], holder: str | None = None) -> str:
     summary = run.get("summary") or {}
     events = run.get("events") or []
     run_dir = run.get("run_dir", ".")
-    lines = [f"run report: {run_dir}", _status_line(run, holder)]
+    lines = [f"run report: {run_dir}", _wrap(_status_line(run, holder), "")]
     if summary.get("status") == "failed" and summary.get("error"):
         lines.append(f"error: {summary['error']}")
     finals = capability_finals(summary)
@@ -188,14 +189,20 @@ def run_report(run: dict[str, Any], holder: str | None = None) -> str:
     topology = [e for e in events if not str(e.get("series", "")).startswith(CAPABILITY)]
     if topology:
         kinds = sorted({_pattern(e["series"]) for e in topology})
-        lines.append(f"other series: {len(topology)} jumps in {len({e['series'] for e in topology})} "
-                     f"series ({', '.join(kinds)}; events.jsonl), alone not findings: "
-                     f"{TOPOLOGY_POINTER}")
+        lines.append(_wrap(f"other series: {len(topology)} jumps in "
+                           f"{len({e['series'] for e in topology})} series ({', '.join(kinds)}; "
+                           f"events.jsonl), alone not findings: {TOPOLOGY_POINTER}", ""))
     lines.append("next:")
     lines += [f"  elab-plot {run_dir}      # the capability curves, onset windows shaded",
               f"  elab-retro {run_dir}     # which series moved first, from the checkpoint trail",
               f"  elab-sample {run_dir}{_probe_arg(finals)}   # what the model answers"]
     return "\n".join(lines)
+
+
+def _wrap(text: str, indent: str) -> str:
+    """A report line folded at 100 columns, its continuation indented two more spaces."""
+    return textwrap.fill(text, 100, initial_indent=indent, subsequent_indent=indent + "  ",
+                         break_on_hyphens=False, break_long_words=False)
 
 
 def _pattern(series: str) -> str:
