@@ -84,6 +84,14 @@ def test_a_sweep_is_one_line_per_job_with_the_failures_and_why(tmp_path, capsys)
     assert "2: failed: RuntimeError: CUDA out of memory Tried to allocate" in out
 
 
+def test_a_failed_run_says_why(tmp_path, capsys):
+    run = write_run_summary(tmp_path / "run", status="failed", events=[],
+                            error="RuntimeError: CUDA out of memory.\nTried to allocate 2 GiB")
+    rc, out = _show(run, capsys)
+    assert rc == 0 and "status: failed" in out
+    assert "error: RuntimeError: CUDA out of memory. Tried to allocate 2 GiB" in out
+
+
 def test_a_path_that_is_no_run_is_refused_with_exit_2(tmp_path, capsys):
     rc, out = _show(tmp_path, capsys)
     assert rc == 2 and "neither a run" in out

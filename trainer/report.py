@@ -159,7 +159,7 @@ def run_report(run: dict[str, Any], holder: str | None = None) -> str:
     run_dir = run.get("run_dir", ".")
     lines = [f"run report: {run_dir}", _wrap(_status_line(run, holder), "")]
     if summary.get("status") == "failed" and summary.get("error"):
-        lines.append(f"error: {summary['error']}")
+        lines.append(_wrap(f"error: {' '.join(str(summary['error']).split())[:400]}", ""))
     finals = capability_finals(summary)
     chance = summary.get("chance") or {}
     if finals:
