@@ -262,7 +262,7 @@ def test_a_killed_job_without_summary_is_listed_as_incomplete(tmp_path, capsys):
 
 def test_plot_run_marks_each_series_jumps(sweep, tmp_path):
     out = tmp_path / "run.png"
-    marked = plot_run(sweep / "batch1" / "4", out)
+    marked = plot_run(sweep / "batch1" / "4", out, all_series=True)
     assert out.read_bytes().startswith(PNG_MAGIC)
     assert marked["probe/icl/acc"] == [CAPABILITY_ONSET_STEP]
     assert marked["topo/layer1/eff_rank"] == [TOPOLOGY_ONSET_STEP]
@@ -271,6 +271,16 @@ def test_plot_run_marks_each_series_jumps(sweep, tmp_path):
 
     chosen = plot_run(sweep / "batch1" / "4", out, series=["topo/*/eff_rank"])
     assert set(chosen) == {"topo/layer0/eff_rank", "topo/layer1/eff_rank"}
+
+
+def test_the_default_plot_is_the_capability_its_twin_the_loss_and_what_led_it(sweep, tmp_path):
+    """At most 8 panels: no data statistics, no topology series that did not move with the jump."""
+    marked = plot_run(sweep / "batch1" / "4", tmp_path / "run.png")
+    assert list(marked) == ["probe/icl/acc", "probe/icl/logprob", "train/loss",
+                            "topo/layer1/eff_rank"]
+    assert marked["topo/layer1/eff_rank"] == [TOPOLOGY_JUMP_STEP]
+    everything = plot_run(sweep / "batch1" / "4", tmp_path / "all.png", all_series=True)
+    assert len(everything) > len(marked) and "data/domain_entropy" in everything
 
 
 def test_plot_run_cli_writes_the_png_and_reports_the_jumps(sweep, tmp_path, capsys):

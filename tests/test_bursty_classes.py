@@ -317,3 +317,14 @@ def test_data_config_instantiates_with_every_knob_documented(item_mode):
         line = next(line for line in text.splitlines() if line.startswith(f"{knob}:"))
         assert "#" in line, f"data.{knob} has no comment"
     assert source.batch(0, 4)["input_ids"].shape == (4, source.seq_len)
+
+
+def test_probe_sets_carry_their_chance_level_and_the_copy_plateau():
+    """What the end-of-run report and elab-plot draw beside a capability: a uniform guess among
+    the labels, and (in-context probe) copying some label of the context."""
+    sampler = BurstyClasses(n_classes=32, pairs_per_seq=8, copies_per_class=2, n_labels=8,
+                            label_mapping_diversity=1, probe_size=16)
+    chance = {p.name: p.meta["chance"] for p in sampler.probe_sets()}
+    assert chance["icl"]["acc"] == {"value": 1 / 8, "plateau": 1 / 4}
+    assert chance["icl"]["logprob"]["value"] == pytest.approx(-np.log(8))
+    assert chance["iwl"]["acc"] == {"value": 1 / 8}

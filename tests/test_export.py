@@ -17,9 +17,6 @@ from trainer.run_files import load_model
 pytest.importorskip("transformers")
 pytest.importorskip("transformer_lens")
 warnings.filterwarnings("ignore", category=DeprecationWarning)  # HookedTransformer in TL 3.x
-# An attention-only export has a zero-width MLP, whose init torch reports as a no-op.
-pytestmark = pytest.mark.filterwarnings("ignore:Initializing zero-element tensors")
-
 FAMILIES = ("swiglu", "gelu", "attn_only", "looped", "rmsnorm")
 
 
@@ -70,6 +67,16 @@ def test_exported_logits_equal_the_labs(tmp_path, text, family, target, capsys):
                 "transformer_lens": {}}[target]
     default = "StableLmForCausalLM" if target == "hf" else "HookedTransformer"
     assert record["architecture"] == expected.get(family, default)
+
+
+def test_an_attention_only_hf_export_loads_without_warnings(tmp_path, text):
+    model = make_model("attn_only", text.vocab_size, text.seq_len)
+    run = make_run(tmp_path / "run", text, model)
+    assert cli.main([str(run), "--to", "hf", str(tmp_path / "out")]) == 0
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        reload("hf", tmp_path / "out")
+    assert not [w for w in caught if "zero-element" in str(w.message)], [str(w.message) for w in caught]
 
 
 def test_a_wrong_mapping_is_caught(tmp_path, text, monkeypatch):

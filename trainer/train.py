@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import uuid
 import warnings
 from pathlib import Path
@@ -17,6 +18,7 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig
 
+from trainer import console
 from trainer.config import (
     check_metric_logged,
     check_probes_fit,
@@ -149,9 +151,11 @@ def _train(cfg: DictConfig, run_dir: Path, callbacks: list) -> dict[str, Any]:
     from trainer.module import LitLM
     from trainer.monitors.backbone import RunSummary, Throughput
     from trainer.monitors.bus import MonitorBus
+    from trainer.report import chance_levels, write_report
     from trainer.run_files import write_run_files
 
     _route_lightning_logs()
+    console.drop_adverts()
     warnings.filterwarnings("ignore", message=".*isinstance\\(treespec, LeafSpec\\)")
     # LitLM moves its flat batch dicts itself (faster than Lightning's generic walk), on purpose.
     warnings.filterwarnings("ignore", message="You have overridden `transfer_batch_to_device`")
@@ -223,6 +227,7 @@ def _train(cfg: DictConfig, run_dir: Path, callbacks: list) -> dict[str, Any]:
             "flops_per_token": model.flops_per_token(sampler.seq_len),
             "malloc": malloc,
             "data": sampler.describe(),
+            "chance": chance_levels(sampler.probe_sets()),
             **_pool_epochs(sampler, cfg.budget.tokens),
             "resumed_from_step": resume_step,
             "config": to_plain(cfg),
@@ -239,6 +244,9 @@ def _train(cfg: DictConfig, run_dir: Path, callbacks: list) -> dict[str, Any]:
     loggers = _build_loggers(cfg, resume_step, context, tokens_per_step)
 
     pl_kwargs = {k: v for k, v in to_plain(cfg.pl).items() if k not in ("precision",)}
+    # Lightning's model summary counts FLOPs only with an example input (it prints 0): the
+    # "model:" line below says parameters and FLOPs/token instead.
+    pl_kwargs.setdefault("enable_model_summary", False)
     pl_trainer = _build_pl_trainer(
         pl_kwargs,
         precision=_precision(cfg),
@@ -261,33 +269,40 @@ def _train(cfg: DictConfig, run_dir: Path, callbacks: list) -> dict[str, Any]:
     if pl_trainer.is_global_zero:
         log.info("run dir: %s", run_dir.resolve())
         log.info(
-            "model: %s, %.3fM parameters; %d steps of %d tokens (budget.tokens=%d)",
+            "model: %s, %.3fM parameters, %s FLOPs/token; %d steps of %d tokens (budget.tokens=%d)",
             type(model).__name__,
             model.num_params() / 1e6,
+            f"{model.flops_per_token(sampler.seq_len):,}",
             total_steps,
             tokens_per_step,
             cfg.budget.tokens,
         )
+    interrupted = False
     try:
-        pl_trainer.fit(
-            module,
-            datamodule=datamodule,
-            ckpt_path=str(ckpt) if ckpt else None,
-            weights_only=True,
-        )
+        with console.log_above_progress_bar():
+            pl_trainer.fit(
+                module,
+                datamodule=datamodule,
+                ckpt_path=str(ckpt) if ckpt else None,
+                weights_only=True,
+            )
+    except SystemExit:
+        interrupted = pl_trainer.interrupted  # Lightning ends a graceful Ctrl-C with sys.exit(1)
+        if not interrupted:
+            raise
+        console.close_progress_bars()
     finally:
-        _finish_wandb(failed=pl_trainer.state.status.value != "finished")
+        if "wandb" in sys.modules:  # close the wandb run whatever happened, completed from the run dir
+            from trainer.wandb_report import finish_run
+
+            finish_run(run_dir, failed=pl_trainer.state.status.value != "finished")
     if not pl_trainer.is_global_zero:
         return {}
     # Written by rank 0 inside the training process (see RunSummary): right under spawn strategies too.
     summary = RunDir(run_dir).read_summary()
-    if summary["status"] == "completed":
-        log.info(
-            "done: %d steps, %s tokens/s; run dir: %s",
-            pl_trainer.global_step,
-            f"{summary['tokens_per_s']:.0f}" if summary.get("tokens_per_s") else "n/a",
-            run_dir.resolve(),
-        )
+    log.info("%s", write_report(run_dir))
+    if interrupted:
+        raise console.interrupted(run_dir, context["overrides"], pl_trainer.global_step)
     return summary
 
 
@@ -337,14 +352,6 @@ def _route_lightning_logs() -> None:
             lightning_logger.propagate = True
 
 
-def _finish_wandb(failed: bool) -> None:
-    """Close the wandb run whatever happened, so the next job of a multirun starts clean."""
-    import sys
-
-    if "wandb" in sys.modules and sys.modules["wandb"].run is not None:
-        sys.modules["wandb"].finish(exit_code=1 if failed else 0)
-
-
 _task_started = False
 _launcher_pid: int | None = None  # the process `elab-train` started in: set by main()
 
@@ -382,8 +389,8 @@ def _hydra_main(cfg: DictConfig) -> float | None:
 def main() -> None:
     """``elab-train``. Exit codes: 0 done (or nothing to do), 2 bad input -- a config Hydra cannot
     compose, a value the checks refuse, a busy or unwritable run dir, a checkpoint that does not
-    fit -- always before training, with one message and no traceback; 1 anything else."""
-    import sys
+    fit -- always before training, with one message and no traceback; 130 interrupted (Ctrl-C:
+    the run's summary says 'interrupted', and the last line how to resume it); 1 anything else."""
     import traceback
 
     global _launcher_pid
@@ -395,6 +402,12 @@ def main() -> None:
     os.environ["HYDRA_FULL_ERROR"] = "1"
     try:
         _hydra_main()
+    except KeyboardInterrupt as exc:
+        # Ctrl-C: an interrupted run has logged how to resume it (RunInterrupted); one before
+        # training began has nothing to resume.
+        if not isinstance(exc, console.RunInterrupted):
+            print("interrupted before training began", file=sys.stderr)
+        raise SystemExit(130) from None
     except Exception as exc:
         message = bad_input_message(exc)
         if _task_started and message is not None:

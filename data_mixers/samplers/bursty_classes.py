@@ -356,6 +356,9 @@ class BurstyClasses(StepSampler):
             "query_in_context": True,
             "labels": "reassigned per row",
             "differs_from_trained_label": avoid_fixed,
+            # Guessing a label: 1 / n_labels; copying some label of the context already scores
+            # 1 / (distinct labels in it), the plateau before in-context learning.
+            "chance": self._chance(plateau=1 / min(self.classes_per_context, self.n_labels)),
         }
         return ProbeSet(name, batch, "answer", np.full(len(u), self.seq_len - 1), meta)
 
@@ -373,8 +376,15 @@ class BurstyClasses(StepSampler):
         meta = {
             "query_in_context": False,
             "meaningful": self.base_knobs["label_mapping_diversity"] == 1,
+            "chance": self._chance(),
         }
         return ProbeSet("iwl", batch, "answer", np.full(len(u), self.seq_len - 1), meta)
+
+    def _chance(self, **acc_extra: float) -> dict[str, dict[str, float]]:
+        """ProbeSet.meta's ``chance``: the accuracy and answer log-probability of a uniform guess
+        among the labels (summary.json records it beside the final values)."""
+        return {"acc": {"value": 1 / self.n_labels, **acc_extra},
+                "logprob": {"value": -math.log(self.n_labels)}}
 
     def build_probe_sets(self) -> list[ProbeSet]:
         """``icl`` (answer only in the context), ``iwl`` (answer only in the weights) and, with

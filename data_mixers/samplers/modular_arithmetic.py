@@ -67,7 +67,10 @@ class ModularArithmetic(StepSampler):
 
     def build_probe_sets(self) -> list[ProbeSet]:
         batch = self._encode(self.probe_pairs)
-        return [ProbeSet("heldout", batch, kind="answer", answer_positions=np.full(len(self.probe_pairs), 3))]
+        # Chance: a uniform guess among the p residues.
+        chance = {"acc": 1 / self.p, "logprob": -float(np.log(self.p))}
+        return [ProbeSet("heldout", batch, kind="answer", answer_positions=np.full(len(self.probe_pairs), 3),
+                         meta={"chance": chance})]
 
     def describe(self) -> dict[str, int]:
         return {"train_pairs": len(self.train_pairs), "heldout_pairs": len(self.probe_pairs)}

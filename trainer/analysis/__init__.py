@@ -26,8 +26,9 @@ from trainer.analysis.axes import (
     swept_axes,
 )
 from trainer.analysis.cli import analyze_sweep_main, plot_run_main
+from trainer.analysis.panels import all_panels, compact_panels
 from trainer.analysis.phase import PhaseGrid, format_tokens, phase_grid, plot_phase_diagram
-from trainer.analysis.plots import default_panels, plot_run, plot_runs
+from trainer.analysis.plots import plot_run, plot_runs
 from trainer.analysis.report import SweepAnalysis, analyze_sweep, write_report
 from trainer.analysis.runs import (
     ALL_RUNS,
@@ -58,13 +59,14 @@ __all__ = [
     "PhaseGrid",
     "Run",
     "SweepAnalysis",
+    "all_panels",
     "analyze_sweep",
     "analyze_sweep_main",
     "available_metrics",
     "axis_values",
     "choose_axes",
     "choose_metric",
-    "default_panels",
+    "compact_panels",
     "find_run_dirs",
     "format_cell",
     "format_tokens",

@@ -16,7 +16,7 @@ from trainer.cli_errors import report_bad_input
 def analyze_sweep_main(argv: Sequence[str] | None = None) -> int:
     """``elab-analyze SWEEP_DIR``: the sweep's phase diagram, curves, table and report."""
     parser = argparse.ArgumentParser(
-        prog="analyze_sweep",
+        prog="elab-analyze",
         description="Phase diagram, per-run curves, table and offline HTML report of a sweep.",
     )
     parser.add_argument("sweep_dir", type=Path, nargs="?",
@@ -70,7 +70,10 @@ def analyze_sweep_main(argv: Sequence[str] | None = None) -> int:
 def plot_run_main(argv: Sequence[str] | None = None) -> int:
     """``elab-plot RUN_DIR``: one run's series in panels, jumps marked."""
     parser = argparse.ArgumentParser(
-        prog="plot_run", description="Plot a run's logged series with its detected jumps marked."
+        prog="elab-plot",
+        description="Plot a run: by default its capability series (accuracy beside answer "
+                    "log-probability), the loss and the series that led or came with a jump, "
+                    "onset windows shaded, chance levels drawn; --all for every series.",
     )
     parser.add_argument("run_dir", type=Path)
     parser.add_argument("-o", "--out", type=Path, help="PNG to write; default: RUN_DIR/run.png")
@@ -78,12 +81,14 @@ def plot_run_main(argv: Sequence[str] | None = None) -> int:
         "--series",
         nargs="+",
         metavar="NAME",
-        help="series names or glob patterns, one panel each (default: loss, probes, topology, data)",
+        help="series names or glob patterns, one panel each",
     )
+    parser.add_argument("--all", action="store_true", dest="all_series",
+                        help="every series: loss, probes, each topology metric, data statistics")
     args = parser.parse_args(argv)
     out = args.out or args.run_dir / "run.png"
     try:
-        marked = plot_run(args.run_dir, out, args.series)
+        marked = plot_run(args.run_dir, out, args.series, args.all_series)
     except AnalysisError as exc:
         parser.error(str(exc))
     except OSError as exc:

@@ -6,17 +6,17 @@ backend or leaks open figures when this runs inside a notebook or a test session
 
 from __future__ import annotations
 
-import fnmatch
 import math
 import textwrap
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
 from trainer.analysis.axes import sort_runs
-from trainer.analysis.runs import AnalysisError, Run, jump_onset, load_run
+from trainer.analysis.panels import all_panels, compact_panels, pattern_panels, y_label
+from trainer.analysis.runs import AnalysisError, Run, load_run
 
 # PNG metadata normally carries matplotlib's URL; dropping it keeps the report free of links and
 # the images byte-stable across matplotlib versions.
@@ -99,27 +99,17 @@ def plot_runs(runs: Sequence[Run], metric: str, axes: Sequence[str], out_png: st
     fig.savefig(out_png, dpi=100, metadata=PNG_METADATA)
 
 
-def default_panels(series_names: Iterable[str]) -> list[str]:
-    """What ``plot_run`` shows unless told: loss, every probe, one panel per topology metric with
-    all layers overlaid (layers are compared, metrics are not), and every data statistic."""
-    names = sorted(series_names)
-    topology_metrics = sorted({n.rsplit("/", 1)[-1] for n in names if n.startswith("topo/")})
-    return (
-        [n for n in names if n == "train/loss"]
-        + [n for n in names if n.startswith("probe/")]
-        + [f"topo/*/{m}" for m in topology_metrics]
-        + [n for n in names if n.startswith("data/")]
-    )
-
-
 def plot_run(
-    run_dir: str | Path, out_png: str | Path, series: Sequence[str] | None = None
+    run_dir: str | Path, out_png: str | Path, series: Sequence[str] | None = None,
+    all_series: bool = False,
 ) -> dict[str, list[int]]:
-    """Plot a run's series in panels with a line at each detected jump.
+    """Plot a run's series in panels, each jump's onset window shaded.
 
-    ``series`` are names or glob patterns (``topo/*/eff_rank``); each becomes one panel with all
-    its matches overlaid. A jump of a series in the panel is a dashed line in its colour; jumps of
-    series elsewhere are faint dotted lines, so coincidences across panels stand out.
+    By default the compact figure of :func:`trainer.analysis.panels.compact_panels`; ``series``
+    (names or glob patterns such as ``topo/*/eff_rank``, one panel each, matches overlaid) or
+    ``all_series`` (every series) instead. A jump of a series in the panel is shaded in its colour
+    from its onset to its confirmation, a capability jump's window in grey in every other panel,
+    so coincidences across panels stand out; chance levels (summary.json ``chance``) are lines.
 
     Returns the steps marked for each plotted series, i.e. what a reader sees as its jumps.
     """
@@ -127,36 +117,60 @@ def plot_run(
     if not run.series:
         raise AnalysisError(f"{run.path} has no logged series (csv/metrics.csv missing or empty)")
     names = sorted(run.series)
-    patterns = list(series) if series else default_panels(names)
-    panels = [(pattern, fnmatch.filter(names, pattern)) for pattern in patterns]
+    if series or all_series:
+        panels = pattern_panels(names, list(series) if series else all_panels(names))
+    else:
+        panels = compact_panels(run)
     missing = [pattern for pattern, matched in panels if not matched]
     if missing:
         raise AnalysisError(
             f"{run.path} has no series matching {', '.join(missing)}; available: {', '.join(names)}"
         )
-    n_columns = min(3, len(panels))
+    n_columns = min(2 if len(panels) <= 4 else 3, len(panels))
     n_rows = math.ceil(len(panels) / n_columns)
-    fig = Figure(figsize=(5.0 * n_columns, 3.0 * n_rows + 0.6), layout="constrained")
+    fig = Figure(figsize=(4.6 * n_columns, 2.8 * n_rows + 0.6), layout="constrained")
     axes = fig.subplots(n_rows, n_columns, squeeze=False).ravel()
     marked: dict[str, list[int]] = {}
-    for ax, (pattern, matched) in zip(axes, panels):
+    capability_windows = [(int(e["onset_step"]), int(e["step"])) for e in run.events
+                          if str(e.get("series", "")).startswith("probe/") and "onset_step" in e]
+    chance = run.summary.get("chance") or {}
+    for ax, (title, matched) in zip(axes, panels):
+        for start, stop in capability_windows:
+            ax.axvspan(start, stop, color="0.5", alpha=0.12, linewidth=0)
         for index, name in enumerate(matched):
             color = f"C{index % 10}"
             ax.plot(*run.series[name], color=color, linewidth=1.2, label=name)
             marked[name] = run.jump_steps(name)
-            for step in marked[name]:
-                ax.axvline(step, color=color, linewidth=1.2, linestyle="--")
-        for event in run.events:
-            if event.get("series") not in matched:
-                ax.axvline(jump_onset(event), color="0.5", linewidth=0.8, linestyle=":", alpha=0.5)
-        ax.set_title(pattern, fontsize=9)
+            for event in run.events:
+                if event.get("series") == name and "onset_step" in event:
+                    ax.axvspan(int(event["onset_step"]), int(event["step"]), color=color,
+                               alpha=0.25, linewidth=0)
+                    ax.axvline(int(event["onset_step"]), color=color, linewidth=1.0, linestyle="--")
+            _chance_lines(ax, chance.get(name))
+        ax.set_title(title, fontsize=9)
         ax.set_xlabel("step", fontsize=8)
+        ax.set_ylabel(y_label(title), fontsize=8)
         ax.tick_params(labelsize=7)
-        if len(matched) > 1:
+        if len(matched) > 1 or chance.get(matched[0]) is not None:
             ax.legend(fontsize=6)
     for ax in axes[len(panels) :]:
         ax.set_visible(False)
     overrides = " ".join(f"{k}={v}" for k, v in run.overrides.items()) or "no overrides"
-    fig.suptitle(textwrap.fill(f"{run.name} [{run.status}]: {overrides}", 140), fontsize=10)
+    shading = "shaded: each jump from onset to confirmation (grey: a capability's)"
+    fig.suptitle(textwrap.fill(f"{run.name} [{run.status}]: {overrides}; {shading}", 120),
+                 fontsize=9)
     fig.savefig(out_png, dpi=100, metadata=PNG_METADATA)
     return marked
+
+
+def _chance_lines(ax, level) -> None:
+    """summary.json's chance of one series: a number, or ``{"value", "plateau"}``."""
+    if isinstance(level, (int, float)):
+        level = {"value": level}
+    if not isinstance(level, dict):
+        return
+    if "value" in level:
+        ax.axhline(level["value"], color="0.3", linewidth=0.9, linestyle=":", label="chance")
+    if "plateau" in level:
+        ax.axhline(level["plateau"], color="0.6", linewidth=0.9, linestyle="-.",
+                   label="copy plateau")

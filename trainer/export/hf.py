@@ -12,7 +12,8 @@ SwiGLU, GELU or no MLP. Three ``transformers`` architectures express it exactly:
   pre-norm), ``attention_bias=False``, exact (erf) GELU, MLP biases zero. Its fused
   ``query_key_value`` rows are per head ``[q_h; k_h; v_h]``, the lab's ``[q; k; v]``: reordered.
 
-An attention-only model gets a zero-width MLP (``intermediate_size=0``), which adds exactly 0.
+An attention-only model gets a one-unit MLP whose weights are zero, which adds exactly 0 (a
+zero-width one would too, but torch warns about its zero-element tensors on every load).
 RMSNorm with a GELU MLP has no counterpart here (Llama-style models gate their MLP): refused, with
 ``--to transformer_lens`` as the way out. Looped models are unrolled
 (``common.unrolled_blocks``); item-vector models are refused.
@@ -20,7 +21,6 @@ RMSNorm with a GELU MLP has no counterpart here (Llama-style models gate their M
 
 from __future__ import annotations
 
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +46,7 @@ def _common_config(model: Any, n_layers: int, eos_id: int | None) -> dict[str, A
     cfg = model.config
     return {"vocab_size": cfg.vocab_size, "hidden_size": cfg.d_model,
             "num_hidden_layers": n_layers, "num_attention_heads": cfg.n_head,
-            "intermediate_size": mlp_width(model), "max_position_embeddings": cfg.max_seq_len,
+            "intermediate_size": max(1, mlp_width(model)), "max_position_embeddings": cfg.max_seq_len,
             "tie_word_embeddings": cfg.tie_embeddings, "rope_parameters": _rope(model),
             "bos_token_id": eos_id, "eos_token_id": eos_id, "pad_token_id": eos_id}
 
@@ -122,9 +122,7 @@ def convert(model: Any, eos_id: int | None = None):
     else:
         build = _neox if cfg.mlp == "gelu" else _stablelm
     cls, config, weights = build(model, blocks, eos_id)
-    with warnings.catch_warnings():  # a zero-width MLP's init warns that it initialises nothing
-        warnings.simplefilter("ignore", UserWarning)
-        hf_model = cls(config)
+    hf_model = cls(config)
     state = hf_model.state_dict()
     missing = set(weights) - set(state)
     if missing:
@@ -132,7 +130,7 @@ def convert(model: Any, eos_id: int | None = None):
     with torch.no_grad():
         for name, tensor in state.items():
             # Everything the lab has no counterpart for is a bias (norms, GELU MLP) or belongs to
-            # a zero-width MLP: zero keeps the function the lab's.
+            # an attention-only model's one-unit MLP: zero keeps the function the lab's.
             if name in weights:
                 tensor.copy_(weights[name])
             else:

@@ -29,6 +29,12 @@ class RunCheckpoint(ModelCheckpoint):
         if trainer.global_step == trainer.max_steps and self._last_global_step_saved != trainer.global_step:
             self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
 
+    def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
+        """Ctrl-C: the weights so far become ``last.ckpt``, so ``ckpt_path=last`` resumes here."""
+        if isinstance(exception, KeyboardInterrupt) and trainer.global_step > 0 \
+                and self._last_global_step_saved != trainer.global_step:
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+
     def _save_checkpoint(self, trainer, filepath: str) -> None:
         """Written to ``<name>.tmp`` and renamed: a kill during the write leaves the previous
         checkpoint whole, so the run can still be resumed (Lightning writes in place)."""
