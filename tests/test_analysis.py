@@ -278,7 +278,7 @@ def test_the_default_plot_is_the_capability_its_twin_the_loss_and_what_led_it(sw
     marked = plot_run(sweep / "batch1" / "4", tmp_path / "run.png")
     assert list(marked) == ["probe/icl/acc", "probe/icl/logprob", "train/loss",
                             "topo/layer1/eff_rank"]
-    assert marked["topo/layer1/eff_rank"] == [TOPOLOGY_JUMP_STEP]
+    assert marked["topo/layer1/eff_rank"] == [TOPOLOGY_ONSET_STEP]
     everything = plot_run(sweep / "batch1" / "4", tmp_path / "all.png", all_series=True)
     assert len(everything) > len(marked) and "data/domain_entropy" in everything
 
