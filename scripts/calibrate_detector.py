@@ -1,6 +1,6 @@
 """False alarms of the jump detector on real runs where nothing emerges.
 
-Replays the detector (the run's own ``callbacks.jumps`` settings) over every ``probe/`` and
+Replays the detector (the run's own ``callbacks.jumps`` settings, fed as JumpWatch feeds it) over every ``probe/`` and
 ``topo/`` series of each run's ``csv/metrics.csv`` and counts the events whose onset lies in the
 calibration window, per series-evaluation. Runs where nothing should be flagged: burstiness 0
 (``data.p_bursty=0``: no in-context learning to emerge), and the converged tail of a long default
@@ -17,13 +17,14 @@ flags, and the simulated-curve counterpart is ``scripts/eval_jump_detector.py``.
 from __future__ import annotations
 
 import argparse
+import bisect
 import csv
 from collections import defaultdict
 from pathlib import Path
 
 import yaml
 
-from trainer.measures.jumps import JumpDetector
+from trainer.monitors.jumpwatch import JumpWatch, against_schedule
 
 COUNTS = ("knn_components", "h1_bars")
 EXPENSIVE = ("twonn", "knn_", "h0_", "h1_")
@@ -40,39 +41,48 @@ def family(series: str) -> str:
     return "topo: cheap (every 25)"
 
 
-def read_series(run: Path) -> dict[str, list[tuple[int, float]]]:
+def read_series(run: Path) -> tuple[dict[str, list[tuple[int, float]]], list[tuple[int, float]]]:
+    """The run's ``probe/`` and ``topo/`` series, and its learning rate (``train/lr``)."""
     series: dict[str, list[tuple[int, float]]] = defaultdict(list)
     with (run / "csv" / "metrics.csv").open() as f:
         for row in csv.DictReader(f):
             for key, value in row.items():
-                if key.startswith(("probe/", "topo/")) and value not in ("", None):
+                if key.startswith(("probe/", "topo/", "train/lr")) and value not in ("", None):
                     series[key].append((int(row["step"]), float(value)))
-    return {k: sorted(v) for k, v in series.items()}
+    lr = sorted(series.pop("train/lr", []))
+    return {k: sorted(v) for k, v in series.items()}, lr
 
 
-def detector(run: Path, topology_min_rel_size: float | None) -> JumpDetector:
-    """The detector JumpWatch builds from the run's ``callbacks.jumps`` (or the defaults)."""
+def watch(run: Path, topology_min_rel_size: float | None) -> JumpWatch:
+    """The JumpWatch the run built from its ``callbacks.jumps`` (or the defaults)."""
     config = run / ".hydra" / "config.yaml"
     jumps = (yaml.safe_load(config.read_text()).get("callbacks") or {}).get("jumps") or {} if config.exists() else {}
-    settings = {k: jumps[k] for k in ("min_history", "z_confirm", "min_rel_size") if k in jumps}
-    topo = topology_min_rel_size if topology_min_rel_size is not None else jumps.get("topology_min_rel_size", 0.07)
-    return JumpDetector(**settings, min_rel_size_by_prefix={"topo/": topo})
+    settings = {k: v for k, v in jumps.items() if k != "_target_"}
+    if topology_min_rel_size is not None:
+        settings["topology_min_rel_size"] = topology_min_rel_size
+    return JumpWatch(**settings)
 
 
 def replay(run: Path, from_step: int, n_eval: int, topology_min_rel_size: float | None,
            all_series: bool) -> tuple[dict, list]:
-    """Per family: [series-evaluations, flags]; and the flagged events. The expensive series
-    are not fed to the online detector (trainer/monitors/topology_probe.py): left out unless
-    ``all_series``."""
-    watch = detector(run, topology_min_rel_size)
+    """Per family: [series-evaluations, flags]; and the flagged events. The series are fed as
+    JumpWatch feeds them (from the second evaluation on; update ratios against the learning rate
+    logged at or before their step). The expensive series are not fed to the online detector
+    (trainer/monitors/topology_probe.py): left out unless ``all_series``."""
+    detector = watch(run, topology_min_rel_size).detector
     tally: dict[str, list[int]] = defaultdict(lambda: [0, 0])
     flags = []
-    for name, points in read_series(run).items():
+    series, lr = read_series(run)
+    lr_steps = [step for step, _ in lr]
+    for name, points in series.items():
         if not all_series and family(name).startswith(("topo: expensive", "topo: count")):
             continue
         n = n_eval if name.endswith("/acc") else None
         for step, value in points:
-            events = watch.update(name, step, value, n)
+            if step == 0:
+                continue
+            at = bisect.bisect_right(lr_steps, step) - 1
+            events = detector.update(name, step, against_schedule(name, value, lr[at][1] if at >= 0 else None), n)
             tally[family(name)][0] += step >= from_step
             for event in events:
                 if event.onset_step >= from_step:

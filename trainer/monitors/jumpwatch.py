@@ -18,11 +18,10 @@ log = logging.getLogger("emergence_lab")
 class JumpWatch(L.Callback):
     """Owns the jump detector; the other monitors report their series to it via :meth:`observe`."""
 
-    def __init__(self, min_history: int = 6, z_confirm: float = 3.5, min_rel_size: float = 0.02,
-                 topology_min_rel_size: float = 0.07,
-                 watch_prefixes: tuple[str, ...] = ("probe/", "topo/")) -> None:
-        self.detector = JumpDetector(min_history=min_history, z_confirm=z_confirm,
-                                     min_rel_size=min_rel_size,
+    def __init__(self, topology_min_rel_size: float = 0.07,
+                 watch_prefixes: tuple[str, ...] = ("probe/", "topo/"), **detector: Any) -> None:
+        """``detector``: the :class:`JumpDetector` knobs (``callbacks.jumps`` in the config)."""
+        self.detector = JumpDetector(**detector,
                                      min_rel_size_by_prefix={"topo/": topology_min_rel_size})
         self.watch_prefixes = tuple(watch_prefixes)
         self.invalid: list[dict[str, Any]] = []
@@ -41,9 +40,11 @@ class JumpWatch(L.Callback):
             # would sit in the noise history for 16 evaluations and hide the next real rise.
             # It is logged like any other; the detector starts with the second evaluation.
             return
+        lr = _learning_rate(trainer)
         new = []
         for series, value in values.items():
             if series.startswith(self.watch_prefixes):
+                value = against_schedule(series, value, lr)
                 new += self.detector.update(series, step, value, (n_eval or {}).get(series))
         if not new or trainer is None:
             return
@@ -102,6 +103,20 @@ class JumpWatch(L.Callback):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.detector.load_state_dict(state_dict)
         self.invalid = list(state_dict.get("invalid", []))
+
+
+def against_schedule(series: str, value: float, lr: float | None) -> float:
+    """What the detector reads of a series that follows the learning-rate schedule: an update
+    ratio divided by the learning rate (the step the optimizer took per unit of lr). Read raw, the
+    cosine decay made every update ratio of a run where nothing emerges fall by a "jump" or two."""
+    if lr and series.endswith("/update_ratio"):
+        return value / lr
+    return value
+
+
+def _learning_rate(trainer) -> float | None:
+    optimizers = getattr(trainer, "optimizers", None) if trainer is not None else None
+    return optimizers[0].param_groups[0]["lr"] if optimizers else None
 
 
 def _wandb_alert(logger, events: list[dict[str, Any]]) -> None:
