@@ -1,6 +1,7 @@
 """False alarms of the jump detector on real runs where nothing emerges.
 
-Replays the detector (the run's own ``callbacks.jumps`` settings, fed as JumpWatch feeds it) over every ``probe/`` and
+Replays the detector (the current defaults, or with ``--run-settings`` the run's own
+``callbacks.jumps``; fed as JumpWatch feeds it, and reporting what JumpWatch reports) over every ``probe/`` and
 ``topo/`` series of each run's ``csv/metrics.csv`` and counts the events whose onset lies in the
 calibration window, per series-evaluation. Runs where nothing should be flagged: burstiness 0
 (``data.p_bursty=0``: no in-context learning to emerge), and the converged tail of a long default
@@ -17,15 +18,15 @@ flags, and the simulated-curve counterpart is ``scripts/eval_jump_detector.py``.
 from __future__ import annotations
 
 import argparse
-import bisect
 import csv
 from collections import defaultdict
 from pathlib import Path
 
 import yaml
 
-from trainer.monitors.jumpwatch import JumpWatch, against_schedule
+from trainer.monitors.jumpwatch import JumpWatch, watched
 
+DEFAULTS = Path(__file__).resolve().parent.parent / "conf" / "callbacks" / "default.yaml"
 COUNTS = ("knn_components", "h1_bars")
 EXPENSIVE = ("twonn", "knn_", "h0_", "h1_")
 
@@ -41,53 +42,51 @@ def family(series: str) -> str:
     return "topo: cheap (every 25)"
 
 
-def read_series(run: Path) -> tuple[dict[str, list[tuple[int, float]]], list[tuple[int, float]]]:
-    """The run's ``probe/`` and ``topo/`` series, and its learning rate (``train/lr``)."""
+def read_series(run: Path) -> dict[str, list[tuple[int, float]]]:
     series: dict[str, list[tuple[int, float]]] = defaultdict(list)
     with (run / "csv" / "metrics.csv").open() as f:
         for row in csv.DictReader(f):
             for key, value in row.items():
-                if key.startswith(("probe/", "topo/", "train/lr")) and value not in ("", None):
+                if key.startswith(("probe/", "topo/")) and value not in ("", None):
                     series[key].append((int(row["step"]), float(value)))
-    lr = sorted(series.pop("train/lr", []))
-    return {k: sorted(v) for k, v in series.items()}, lr
+    return {k: sorted(v) for k, v in series.items()}
 
 
-def watch(run: Path, topology_min_rel_size: float | None) -> JumpWatch:
-    """The JumpWatch the run built from its ``callbacks.jumps`` (or the defaults)."""
+def watch(run: Path, topology_min_rel_size: float | None, run_settings: bool) -> JumpWatch:
+    """The JumpWatch of the defaults (``conf/callbacks/default.yaml``), or with ``run_settings``
+    the one the run built from its own ``callbacks.jumps``."""
+    settings = yaml.safe_load(DEFAULTS.read_text())["jumps"]
     config = run / ".hydra" / "config.yaml"
-    jumps = (yaml.safe_load(config.read_text()).get("callbacks") or {}).get("jumps") or {} if config.exists() else {}
-    settings = {k: v for k, v in jumps.items() if k != "_target_"}
+    if run_settings and config.exists():
+        settings = (yaml.safe_load(config.read_text()).get("callbacks") or {}).get("jumps") or {}
+    settings = {k: v for k, v in settings.items() if k != "_target_"}
     if topology_min_rel_size is not None:
         settings["topology_min_rel_size"] = topology_min_rel_size
     return JumpWatch(**settings)
 
 
 def replay(run: Path, from_step: int, n_eval: int, topology_min_rel_size: float | None,
-           all_series: bool) -> tuple[dict, list]:
+           all_series: bool, run_settings: bool) -> tuple[dict, list]:
     """Per family: [series-evaluations, flags]; and the flagged events. The series are fed as
-    JumpWatch feeds them (from the second evaluation on; update ratios against the learning rate
-    logged at or before their step). The expensive series are not fed to the online detector
+    JumpWatch feeds them (from the second evaluation on, update ratios left out). The expensive series are not fed to the online detector
     (trainer/monitors/topology_probe.py): left out unless ``all_series``."""
-    detector = watch(run, topology_min_rel_size).detector
+    jump_watch = watch(run, topology_min_rel_size, run_settings)
     tally: dict[str, list[int]] = defaultdict(lambda: [0, 0])
-    flags = []
-    series, lr = read_series(run)
-    lr_steps = [step for step, _ in lr]
-    for name, points in series.items():
+    for name, points in read_series(run).items():
+        if not watched(name, jump_watch.watch_prefixes):
+            continue
         if not all_series and family(name).startswith(("topo: expensive", "topo: count")):
             continue
         n = n_eval if name.endswith("/acc") else None
         for step, value in points:
             if step == 0:
                 continue
-            at = bisect.bisect_right(lr_steps, step) - 1
-            events = detector.update(name, step, against_schedule(name, value, lr[at][1] if at >= 0 else None), n)
+            jump_watch.detector.update(name, step, value, n)
             tally[family(name)][0] += step >= from_step
-            for event in events:
-                if event.onset_step >= from_step:
-                    tally[family(name)][1] += 1
-                    flags.append((run.name, event))
+    flags = [(run.name, e) for e in jump_watch.reported(jump_watch.detector.events)
+             if e.onset_step >= from_step]
+    for _, event in flags:
+        tally[family(event.series)][1] += 1
     return tally, flags
 
 
@@ -99,6 +98,8 @@ def main() -> None:
                         help="override the run's callbacks.jumps.topology_min_rel_size")
     parser.add_argument("--all-series", action="store_true",
                         help="also replay the expensive series the online detector does not watch")
+    parser.add_argument("--run-settings", action="store_true",
+                        help="the run's own callbacks.jumps settings, not the current defaults")
     args = parser.parse_args()
     total: dict[str, list[int]] = defaultdict(lambda: [0, 0])
     all_flags = []
@@ -107,7 +108,8 @@ def main() -> None:
     for spec in args.runs:
         path, _, start = spec.partition(":")
         run, from_step = Path(path), int(start or 0)
-        tally, flags = replay(run, from_step, args.n_eval, args.topology_min_rel_size, args.all_series)
+        tally, flags = replay(run, from_step, args.n_eval, args.topology_min_rel_size, args.all_series,
+                              args.run_settings)
         all_flags += flags
         for name, (evaluations, n_flags) in sorted(tally.items()):
             total[name][0] += evaluations

@@ -54,10 +54,8 @@ from scipy import stats
 
 #: 1 / Phi^-1(3/4): turns a median absolute deviation into a Gaussian standard deviation.
 MAD_TO_SD = 1.4826
-#: How many evaluations' worth of evidence about the noise a binomial or Poisson model is: an old
-#: level of 5 values whose spread happens to exceed the model's is not judged as if nothing
-#: bounded its noise.
-MODEL_DOF = 10
+#: How many of a series' values (across segments) its drift is estimated from.
+DRIFT_RECORD = 64
 #: Distance (in noise standard deviations) beyond which an early value is a transient.
 TRANSIENT_Z = 4.0
 #: Largest lag-1 autocorrelation the noise model believes from a short old level: beyond it, the
@@ -170,6 +168,21 @@ def _autocorrelation(residual: list[float]) -> float:
         return 0.0
     rho = sum(a * b for a, b in zip(r, r[1:])) / denominator
     return min(max(rho, 0.0), MAX_AUTOCORRELATION)
+
+
+def _drift_variance(values: list[float]) -> float:
+    """Per-evaluation variance of a random-walk level under white noise, from a series' record:
+    the k-evaluation changes of a random walk plus noise have variance k q + 2 s^2, so
+    q = (Var(4-changes) - Var(1-changes)) / 3 (robust variances, about their median change so
+    that a steady trend is not mistaken for a wander)."""
+    if len(values) < 8:
+        return 0.0
+
+    def variance(k: int) -> float:
+        changes = [b - a for a, b in zip(values, values[k:])]
+        return (MAD_TO_SD * _mad(changes)) ** 2
+
+    return max(0.0, (variance(4) - variance(1)) / 3)
 
 
 @lru_cache(maxsize=256)
@@ -315,7 +328,7 @@ class JumpDetector:
         if event is None:
             return []
         state.pending = None
-        state.start = t - self.confirm_evals + 1
+        state.start = t + 1
         self._events.append(event)
         return [event]
 
@@ -477,13 +490,22 @@ class JumpDetector:
         rho = 0.0 if model else _autocorrelation(residual[:n])
         inflation = (1 + rho) / (1 - rho)
         leverage = 1.0 / n + 1.0 / m + ((post_xm - pre_xm) ** 2 / sxx if sxx > 0 else 0.0)
-        standard_error = max(spread, model_sd) * math.sqrt(inflation * leverage)
+        variance = max(spread, model_sd) ** 2 * inflation * leverage
+        if not model:
+            # And their level wanders: a random walk's variance grows with the evaluations
+            # between the two levels' centres.
+            variance += _drift_variance(state.values[max(0, rise - DRIFT_RECORD) : rise]) * (
+                (new + t) / 2 - (first + rise - 1) / 2)
+        standard_error = math.sqrt(variance)
         # A real-valued series that did not move at all before has no noise estimate; a floor of
         # 0.1% of its level keeps its score a finite, comparable number.
         score = shift / max(standard_error, 1e-3 * (1 + abs(before)))
         threshold = self.z_confirm
-        if model_sd < spread:
-            threshold = _t_threshold(self.z_confirm, dof + (MODEL_DOF if model else 0))
+        if not model:
+            # The noise is estimated from these few values alone: judged by the Student-t quantile
+            # of the same tail probability, so that a stretch that happens to look quiet does not
+            # confirm noise. (A model's noise is a floor the estimate never goes below.)
+            threshold = _t_threshold(self.z_confirm, dof)
         if abs(score) < threshold:
             return None
         return score, shift, before, lambda x: pre_ym + slope * (x - pre_xm)

@@ -9,21 +9,27 @@ from typing import Any
 
 import lightning as L
 
-from trainer.measures.jumps import JumpDetector
+from trainer.measures.jumps import JumpDetector, JumpEvent
 from trainer.measures.leadlag import lead_lag
 
 log = logging.getLogger("emergence_lab")
+
+#: The series a change of which is a capability change (the probes'); see JumpWatch.reported.
+CAPABILITY = "probe/"
 
 
 class JumpWatch(L.Callback):
     """Owns the jump detector; the other monitors report their series to it via :meth:`observe`."""
 
     def __init__(self, topology_min_rel_size: float = 0.07,
-                 watch_prefixes: tuple[str, ...] = ("probe/", "topo/"), **detector: Any) -> None:
-        """``detector``: the :class:`JumpDetector` knobs (``callbacks.jumps`` in the config)."""
+                 watch_prefixes: tuple[str, ...] = ("probe/", "topo/"),
+                 companion_window: int | None = None, **detector: Any) -> None:
+        """``detector``: the :class:`JumpDetector` knobs (``callbacks.jumps`` in the config).
+        ``companion_window``: see :meth:`reported` (None: every event is reported)."""
         self.detector = JumpDetector(**detector,
                                      min_rel_size_by_prefix={"topo/": topology_min_rel_size})
         self.watch_prefixes = tuple(watch_prefixes)
+        self.companion_window = companion_window
         self.invalid: list[dict[str, Any]] = []
         self.trainer: L.Trainer | None = None
 
@@ -40,15 +46,17 @@ class JumpWatch(L.Callback):
             # would sit in the noise history for 16 evaluations and hide the next real rise.
             # It is logged like any other; the detector starts with the second evaluation.
             return
-        lr = _learning_rate(trainer)
         new = []
         for series, value in values.items():
-            if series.startswith(self.watch_prefixes):
-                value = against_schedule(series, value, lr)
+            if watched(series, self.watch_prefixes):
                 new += self.detector.update(series, step, value, (n_eval or {}).get(series))
         if not new or trainer is None:
             return
-        events = [self._event_dict(e) for e in new]
+        everything = self.detector.events
+        earlier = set(self.reported(everything[: len(everything) - len(new)]))
+        events = [self._event_dict(e) for e in self.reported(everything) if e not in earlier]
+        if not events:
+            return
         for event in events:
             log.info("jump in %s at step %d (onset %d): %+.3f (score %.1f)", event["series"],
                      event["step"], event["onset_step"], event["size"], event["score"])
@@ -68,8 +76,21 @@ class JumpWatch(L.Callback):
         tokens_per_step = self.trainer.lightning_module.tokens_per_step
         return {**event.to_dict(), "tokens": (event.step + 1) * tokens_per_step}
 
+    def reported(self, events: list[JumpEvent]) -> list[JumpEvent]:
+        """The events a run reports: every capability (``probe/``) event, and the others (topology,
+        weights) when a capability event's onset lies within ``companion_window`` steps of
+        theirs -- the moves that come with a capability change. A model that learns in weights
+        keeps reorganising its representations (a run without burstiness flagged 11-33 of them,
+        real and irrelevant to emergence); such an event waits, unreported, for a capability
+        event near it, and is written when one is confirmed."""
+        if self.companion_window is None:
+            return list(events)
+        onsets = [e.onset_step for e in events if e.series.startswith(CAPABILITY)]
+        return [e for e in events if e.series.startswith(CAPABILITY)
+                or any(abs(e.onset_step - onset) <= self.companion_window for onset in onsets)]
+
     def events(self) -> list[dict[str, Any]]:
-        return [self._event_dict(e) for e in self.detector.events]
+        return [self._event_dict(e) for e in self.reported(self.detector.events)]
 
     def _append(self, events: list[dict[str, Any]]) -> None:
         if self.trainer.is_global_zero:
@@ -105,18 +126,12 @@ class JumpWatch(L.Callback):
         self.invalid = list(state_dict.get("invalid", []))
 
 
-def against_schedule(series: str, value: float, lr: float | None) -> float:
-    """What the detector reads of a series that follows the learning-rate schedule: an update
-    ratio divided by the learning rate (the step the optimizer took per unit of lr). Read raw, the
-    cosine decay made every update ratio of a run where nothing emerges fall by a "jump" or two."""
-    if lr and series.endswith("/update_ratio"):
-        return value / lr
-    return value
-
-
-def _learning_rate(trainer) -> float | None:
-    optimizers = getattr(trainer, "optimizers", None) if trainer is not None else None
-    return optimizers[0].param_groups[0]["lr"] if optimizers else None
+def watched(series: str, prefixes: tuple[str, ...]) -> bool:
+    """Whether JumpWatch feeds ``series`` to the detector: those under ``prefixes`` but update
+    ratios, which follow the learning-rate schedule (the cosine decay made every one of them fall
+    by a "jump" or two on runs where nothing emerges) and, read against it, are heavy-tailed noise
+    around a constant."""
+    return series.startswith(prefixes) and not series.endswith("/update_ratio")
 
 
 def _wandb_alert(logger, events: list[dict[str, Any]]) -> None:
