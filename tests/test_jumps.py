@@ -166,4 +166,6 @@ def test_the_evaluation_at_step_0_does_not_hide_the_next_rise():
         watch.observe(step, {"probe/icl/acc": value}, {"probe/icl/acc": 256})
     events = watch.detector.events
     assert [e.series for e in events] == ["probe/icl/acc"]
-    assert 299 <= events[0].onset_step <= 349 and events[0].size > 0.15
+    # The onset is dated inside the rise (0.34 at 299 to 0.76 at 449): its first value past
+    # half the shift.
+    assert 299 <= events[0].onset_step <= 424 and events[0].size > 0.15

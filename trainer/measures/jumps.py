@@ -2,43 +2,42 @@
 topology, weights).
 
 Why not CUSUM or BOCPD: on simulated training curves both flagged about half of the curves that
-had no jump at all, because learning curves are neither stationary nor Gaussian: they drift, they
-rise smoothly, and accuracies carry binomial noise that depends on their level. The detector here
-asks instead "did the series leave the trend of its own recent history, within at most
-``ramp_evals`` evaluations, for a new level that holds, by far more than its noise allows?":
+had no jump at all, because learning curves drift, rise smoothly, and accuracies carry binomial
+noise that depends on their level. The detector asks instead "did the series leave the trend of
+its recent history, within at most ``ramp_evals`` evaluations, for a new level that holds, by far
+more than its noise allows?":
 
-1. **Segments.** A series is read in segments. It starts afresh after each confirmed change, so
-   one change is reported once and the old level does not bias the next detection; and an early
-   transient (any of the first ``transient_evals`` values that lie far outside the values after
-   them, such as an accuracy of 0 before the model has learned the answer format) is a segment of
-   its own, not history whose gains and trend would hide the next rise. No flag is possible before
-   ``min_history`` values of a segment precede a change.
+1. **Segments.** A series starts afresh after each confirmed change (from the next evaluation),
+   so one change is reported once; and an early transient (any of the first ``transient_evals``
+   values far outside the values after them, such as an accuracy of 0 before the answer format is
+   learned) is a segment of its own, not history whose trend would hide the next rise. No flag is
+   possible before ``min_history`` values of a segment precede a change.
 2. **Confirmation: a scan over rise widths.** At every evaluation the last ``confirm_evals``
    values are a candidate new level. For each rise width L = 0 (a step) ... ``ramp_evals``, the L
-   values before them are the rise (left out of both levels) and the values before the rise the old
-   level: a robust line (Theil-Sen) through them is extrapolated over the new level's steps. The
-   shift (mean of the new level minus that extrapolation) must exceed ``z_confirm`` standard errors
-   (the extrapolation's error plus the new level's noise), ``min_size`` and ``min_rel_size`` times
-   the level; every new-level value must lie beyond half the shift (the new level holds), and the
-   new level must differ from the last old value by half the shift. The width with the largest
-   score wins: a real sigmoid spread over several evaluations is caught whole, and a steady,
-   accelerating or slowing rise is not, because its new level is where its own trend goes.
+   values before them are the rise (left out) and the values before the rise the old level. Old
+   and new level share one slope and differ by a shift (least squares); the shift must exceed
+   ``z_confirm`` standard errors, ``min_size`` and ``min_rel_size`` times the level; every
+   new-level value must lie beyond half the shift from the old trend (the level holds) and within
+   half of it of each other (it is a level, not the middle of a rise), and the new level must lie
+   half the shift beyond the last old values. The width with the largest score wins: a sigmoid
+   spread over several evaluations is caught whole, while a steady, accelerating or slowing rise
+   is not, its new level being where its own trend goes. The onset is the first value of the rise
+   from which every value lies beyond half the shift.
 3. **Pre-alarm.** A cheap trigger -- the gain over the last ``gain_evals`` evaluations as a robust
-   z-score against the segment's earlier gains, persisting for ``persistence`` evaluations --
-   names the series with a candidate change before it can be confirmed (:meth:`pending`): what a
-   monitor that measures densely around a change acts on.
+   z-score against the segment's earlier gains, on ``persistence`` consecutive evaluations -- names
+   the series with a candidate change before it can be confirmed (:meth:`pending`), for monitors
+   that measure densely around a change.
 
-The noise behind a standard error is the largest of the old level's residual spread around its
-line, the spread of its one-evaluation changes, and a model: for accuracies evaluated on
-``n_eval`` items the binomial standard deviation, for count-valued series (every value an integer,
-no binomial model: graph components, H1 bars) a Poisson one, so a count that sat at 1 and moved to 5
-is not scored in thousands of standard errors. Other series (topology, weights) have no model:
-their residuals are autocorrelated (a representation drifts; it does not jitter independently), so
-the variance is inflated by the AR(1) factor (1 + r) / (1 - r) of their lag-1 autocorrelation r,
-and a noise estimated from a few values is judged by the Student-t quantile of the same tail
-probability. ``scripts/eval_jump_detector.py`` measures false-alarm and detection rates of the
-defaults on simulated curves; ``scripts/calibrate_detector.py`` counts false alarms on real runs
-where nothing emerges.
+The noise is the larger of the residual spread around the two levels' line and a model: for
+accuracies evaluated on ``n_eval`` items the binomial standard deviation, for count-valued series
+(integers, no binomial model: graph components, H1 bars) a Poisson one. Other series (topology,
+weights) have no model, and real ones are not white noise: their residuals are autocorrelated
+(the variance is inflated by the AR(1) factor (1 + r) / (1 - r)) and their level wanders like a
+random walk (a drift variance per evaluation, estimated from the series' own record, is added for
+the evaluations between the two levels); a noise estimated from a few values is judged by the
+Student-t quantile of the same tail probability. ``scripts/eval_jump_detector.py`` measures
+false-alarm and detection rates on simulated curves; ``scripts/calibrate_detector.py`` counts
+false alarms on real runs where nothing emerges.
 """
 
 from __future__ import annotations
@@ -46,21 +45,25 @@ from __future__ import annotations
 import math
 import statistics
 from dataclasses import asdict, dataclass, field
-from functools import lru_cache
 from typing import Any
 
 import numpy as np
-from scipy import stats
 
-#: 1 / Phi^-1(3/4): turns a median absolute deviation into a Gaussian standard deviation.
-MAD_TO_SD = 1.4826
+from trainer.measures.jump_noise import (
+    MAD_TO_SD,
+    autocorrelation,
+    drift_variance,
+    is_count,
+    mad,
+    noise_variance,
+    residual_sd,
+    t_threshold,
+)
+
 #: How many of a series' values (across segments) its drift is estimated from.
 DRIFT_RECORD = 64
 #: Distance (in noise standard deviations) beyond which an early value is a transient.
 TRANSIENT_Z = 4.0
-#: Largest lag-1 autocorrelation the noise model believes from a short old level: beyond it, the
-#: estimate is the trend's curvature, not noise, and the inflation would hide every change.
-MAX_AUTOCORRELATION = 0.8
 
 
 @dataclass(frozen=True)
@@ -94,7 +97,6 @@ class JumpEvent:
 class _Pending:
     direction: int
     first_trigger: int
-    onset: int
     triggers: int = 1
 
 
@@ -106,100 +108,6 @@ class _Series:
     start: int = 0
     settled: bool = False  # whether the early transient has been decided
     pending: _Pending | None = None
-
-
-def _binomial_variance(p: float, n: int | None) -> float:
-    """Variance of an accuracy measured on n items, with the Agresti-Coull adjustment.
-
-    The adjustment (two successes and two failures added) keeps the variance above zero at an
-    accuracy of exactly 0 or 1, where a single right answer would otherwise look infinitely
-    significant.
-    """
-    if n is None:
-        return 0.0
-    adjusted = (min(max(p, 0.0), 1.0) * n + 2.0) / (n + 4.0)
-    return adjusted * (1.0 - adjusted) / n
-
-
-def _count_variance(value: float) -> float:
-    """Variance of a count (graph components, H1 bars) as a Poisson's: its mean, at least 1.
-
-    A count that sat at 1 has no spread of its own, so without this floor a move to 5 would be
-    scored in thousands of standard errors; a Poisson count of 1 moves by 1 or 2 by chance.
-    """
-    return max(abs(value), 1.0)
-
-
-def _is_count(values: list[float], n_evals: list[int | None]) -> bool:
-    """A series is count-valued when it has no binomial model and every value is an integer."""
-    return all(n is None for n in n_evals) and all(float(v).is_integer() for v in values)
-
-
-def _noise_variance(value: float, n_eval: int | None, count: bool) -> float:
-    """The noise model's variance of one value: binomial for an accuracy on ``n_eval`` items,
-    Poisson for a count, none otherwise (the history's own spread is used)."""
-    if count:
-        return _count_variance(value)
-    return _binomial_variance(value, n_eval)
-
-
-def _mad(x: list[float]) -> float:
-    centre = statistics.median(x)
-    return statistics.median([abs(v - centre) for v in x])
-
-
-def _theil_sen(x: list[float], y: list[float]) -> tuple[float, float]:
-    """Median of pairwise slopes and the median intercept, in plain Python (at most ``history``
-    points; numpy's per-call overhead would dominate). Robust: one early outlier of the old level
-    does not tilt the extrapolated trend."""
-    slopes = [(y[j] - y[i]) / (x[j] - x[i]) for i in range(len(x)) for j in range(i + 1, len(x))]
-    slope = statistics.median(slopes) if slopes else 0.0
-    return slope, statistics.median([yi - slope * xi for xi, yi in zip(x, y)])
-
-
-def _autocorrelation(residual: list[float]) -> float:
-    """Lag-1 autocorrelation of a residual series, clipped to [0, ``MAX_AUTOCORRELATION``]."""
-    if len(residual) < 4:
-        return 0.0
-    centre = sum(residual) / len(residual)
-    r = [v - centre for v in residual]
-    denominator = sum(v * v for v in r)
-    if denominator <= 0:
-        return 0.0
-    rho = sum(a * b for a, b in zip(r, r[1:])) / denominator
-    return min(max(rho, 0.0), MAX_AUTOCORRELATION)
-
-
-def _drift_variance(values: list[float]) -> float:
-    """Per-evaluation variance of a random-walk level under white noise, from a series' record:
-    the k-evaluation changes of a random walk plus noise have variance k q + 2 s^2, so
-    q = (Var(4-changes) - Var(1-changes)) / 3 (robust variances, about their median change so
-    that a steady trend is not mistaken for a wander)."""
-    if len(values) < 8:
-        return 0.0
-
-    def variance(k: int) -> float:
-        changes = [b - a for a, b in zip(values, values[k:])]
-        return (MAD_TO_SD * _mad(changes)) ** 2
-
-    return max(0.0, (variance(4) - variance(1)) / 3)
-
-
-@lru_cache(maxsize=256)
-def _t_threshold(z: float, dof: int) -> float:
-    """The Student-t quantile with ``dof`` degrees of freedom of the normal tail beyond ``z``."""
-    return float(stats.t.isf(stats.norm.sf(z), max(dof, 1)))
-
-
-def _residual_sd(x: list[float], y: list[float]) -> float:
-    """The residual sd of a least-squares line, in plain Python (see ``_trigger_z``)."""
-    n = len(x)
-    x_mean, y_mean = sum(x) / n, sum(y) / n
-    sxx = sum((xi - x_mean) ** 2 for xi in x)
-    slope = sum((xi - x_mean) * (yi - y_mean) for xi, yi in zip(x, y)) / sxx if sxx > 0 else 0.0
-    intercept = y_mean - slope * x_mean
-    residual = sum((yi - intercept - slope * xi) ** 2 for xi, yi in zip(x, y))
-    return math.sqrt(residual / max(n - 2, 1))
 
 
 class JumpDetector:
@@ -340,10 +248,10 @@ class JumpDetector:
         k = self.transient_evals
         later = state.values[k : k + self.min_history]
         centre = statistics.median(later)
-        count = _is_count(state.values, state.n_evals)
+        count = is_count(state.values, state.n_evals)
         noise = max(
-            MAD_TO_SD * _mad([b - a for a, b in zip(later, later[1:])]) / math.sqrt(2.0),
-            math.sqrt(_noise_variance(centre, state.n_evals[k], count)),
+            MAD_TO_SD * mad([b - a for a, b in zip(later, later[1:])]) / math.sqrt(2.0),
+            math.sqrt(noise_variance(centre, state.n_evals[k], count)),
             1e-9 * (1 + abs(centre)),
         )
         outlying = [i + 1 for i in range(k) if abs(state.values[i] - centre) > TRANSIENT_Z * noise]
@@ -367,7 +275,7 @@ class JumpDetector:
                 # Long enough for any change it announced to be confirmed: resolved.
                 state.pending = pending = None
         if pending is None and fires:
-            state.pending = _Pending(int(np.sign(z)), t, t)
+            state.pending = _Pending(int(np.sign(z)), t)
 
     def _trigger_z(self, state: _Series, t: int) -> float | None:
         """Robust z of the gain ending at t, against gains that end no later than t - m.
@@ -383,21 +291,21 @@ class JumpDetector:
         first_gain = max(state.start + m, reference_end - self.history + 1)
         gains = [values[i] - values[i - m] for i in range(first_gain, reference_end + 1)]
         centre = statistics.median(gains)
-        mad = MAD_TO_SD * statistics.median([abs(g - centre) for g in gains])
+        gain_sd = MAD_TO_SD * statistics.median([abs(g - centre) for g in gains])
         deviation = values[t] - values[t - m] - centre
-        floor = max(mad, 1e-12 * (1 + abs(values[t])))
+        floor = max(gain_sd, 1e-12 * (1 + abs(values[t])))
         if abs(deviation) < self.z_trigger * floor:
             # The other floors below only make the scale larger: this evaluation cannot fire.
             return deviation / floor
         first_value = max(state.start, reference_end - self.history + 1)
-        residual_sd = _residual_sd(state.steps[first_value : reference_end + 1],
-                                   values[first_value : reference_end + 1])
-        count = _is_count(values[first_value : t + 1], n_evals[first_value : t + 1])
+        line_sd = residual_sd(state.steps[first_value : reference_end + 1],
+                              values[first_value : reference_end + 1])
+        count = is_count(values[first_value : t + 1], n_evals[first_value : t + 1])
         model_sd = math.sqrt(
-            _noise_variance(values[t - m], n_evals[t - m], count)
-            + _noise_variance(values[t], n_evals[t], count)
+            noise_variance(values[t - m], n_evals[t - m], count)
+            + noise_variance(values[t], n_evals[t], count)
         )
-        return deviation / max(floor, math.sqrt(2.0) * residual_sd, model_sd)
+        return deviation / max(floor, math.sqrt(2.0) * line_sd, model_sd)
 
     def _scan(self, name: str, state: _Series, t: int) -> JumpEvent | None:
         """The best-scoring rise width whose new level (the last ``confirm_evals`` values) is
@@ -408,7 +316,7 @@ class JumpDetector:
         steps, values = state.steps, state.values
         post_x, post_y = steps[new : t + 1], values[new : t + 1]
         after = sum(post_y) / len(post_y)
-        count = _is_count(values[state.start : t + 1], state.n_evals[state.start : t + 1])
+        count = is_count(values[state.start : t + 1], state.n_evals[state.start : t + 1])
         rel_size = next((v for k, v in self.min_rel_size_by_prefix.items() if name.startswith(k)),
                         self.min_rel_size)
         best = None
@@ -479,22 +387,21 @@ class JumpDetector:
         dof = n + m - 3
         # Root mean square, not a MAD: on the 6-16 values of an old level the MAD is often half
         # the true spread, and every one of those underestimates is a false alarm.
-        residual_sd = math.sqrt(sum(r * r for r in residual) / max(dof, 1))
+        spread = math.sqrt(sum(r * r for r in residual) / max(dof, 1))
         n_eval = state.n_evals[rise - 1]
         model = count or n_eval is not None
-        model_sd = math.sqrt(max(_noise_variance(pre_ym, n_eval, count),
-                                 _noise_variance(after, state.n_evals[t], count)))
-        spread = residual_sd
+        model_sd = math.sqrt(max(noise_variance(pre_ym, n_eval, count),
+                                 noise_variance(after, state.n_evals[t], count)))
         # Without a model the residuals are the noise, and they are autocorrelated: the variance
         # of a mean (and of a trend) of n of them is (1 + r) / (1 - r) times the independent one.
-        rho = 0.0 if model else _autocorrelation(residual[:n])
+        rho = 0.0 if model else autocorrelation(residual[:n])
         inflation = (1 + rho) / (1 - rho)
         leverage = 1.0 / n + 1.0 / m + ((post_xm - pre_xm) ** 2 / sxx if sxx > 0 else 0.0)
         variance = max(spread, model_sd) ** 2 * inflation * leverage
         if not model:
             # And their level wanders: a random walk's variance grows with the evaluations
             # between the two levels' centres.
-            variance += _drift_variance(state.values[max(0, rise - DRIFT_RECORD) : rise]) * (
+            variance += drift_variance(state.values[max(0, rise - DRIFT_RECORD) : rise]) * (
                 (new + t) / 2 - (first + rise - 1) / 2)
         standard_error = math.sqrt(variance)
         # A real-valued series that did not move at all before has no noise estimate; a floor of
@@ -505,7 +412,7 @@ class JumpDetector:
             # The noise is estimated from these few values alone: judged by the Student-t quantile
             # of the same tail probability, so that a stretch that happens to look quiet does not
             # confirm noise. (A model's noise is a floor the estimate never goes below.)
-            threshold = _t_threshold(self.z_confirm, dof)
+            threshold = t_threshold(self.z_confirm, dof)
         if abs(score) < threshold:
             return None
         return score, shift, before, lambda x: pre_ym + slope * (x - pre_xm)
