@@ -4,7 +4,10 @@ Each family is a kind of curve a run logs at every evaluation. The no-jump famil
 flagged (false-alarm rate = fraction of curves with any event). The jump families carry one sharp
 step of a known size at a random evaluation; a detection is an event in the right direction whose
 onset lies within 2 evaluations of the true one, and its delay is the number of evaluations from
-the first post-jump evaluation to confirmation. Any other event on a jump curve is a false alarm.
+the first post-jump evaluation to confirmation. The ``ramp:`` families spread their rise linearly
+over 2, 4 or 8 evaluations (as real transitions do), with and without an accuracy of 0 at step 0
+before it; their onset must lie within the rise or one evaluation before it. Any other event on
+a jump curve is a false alarm.
 
     .venv/bin/python scripts/eval_jump_detector.py [--curves 300] [--evals 60] [--seed 0]
 
