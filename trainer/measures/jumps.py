@@ -358,6 +358,13 @@ class JumpDetector:
         (the default run's in-context rise comes after 5-6 evaluations), and the new level's own
         trend tells a steady rise from a step as well.
         """
+        # Necessary for "the new level moved half the shift beyond the last old values", "lies
+        # within half the shift" and "is large" (|after| <= |before| + |shift|): checked before
+        # any fit, it ends most tests of most series.
+        moved = abs(after - statistics.median(state.values[rise - 3 : rise]))
+        if moved < max(max(post_y) - min(post_y),
+                       max(self.min_size, rel_size * abs(after) / (1 + rel_size)) / 2):
+            return None
         first = max(state.start, rise - self.history)
         pre_x, pre_y = state.steps[first:rise], state.values[first:rise]
         n, m = len(pre_x), len(post_x)
