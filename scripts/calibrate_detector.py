@@ -1,6 +1,7 @@
 """False alarms of the jump detector on real runs where nothing emerges.
 
-Replays the detector (the run's own ``callbacks.jumps`` settings) over every ``probe/`` and
+Replays the detector (the current defaults, or with ``--run-settings`` the run's own
+``callbacks.jumps``; fed as JumpWatch feeds it, and reporting what JumpWatch reports) over every ``probe/`` and
 ``topo/`` series of each run's ``csv/metrics.csv`` and counts the events whose onset lies in the
 calibration window, per series-evaluation. Runs where nothing should be flagged: burstiness 0
 (``data.p_bursty=0``: no in-context learning to emerge), and the converged tail of a long default
@@ -22,8 +23,7 @@ from pathlib import Path
 
 import yaml
 
-from trainer.measures.jumps import JumpDetector
-from trainer.monitors import JumpWatch
+from trainer.monitors.jumpwatch import JumpWatch, watched
 from trainer.run_dir import RunDir, series_of
 from trainer.schema import callback_defaults
 
@@ -47,36 +47,42 @@ def read_series(run: Path) -> dict[str, list[tuple[int, float]]]:
     return {k: sorted(v.items()) for k, v in by_step.items() if k.startswith(("probe/", "topo/"))}
 
 
-def detector(run: Path, topology_min_rel_size: float | None) -> JumpDetector:
-    """The detector JumpWatch builds from the run's ``callbacks.jumps`` (a knob the run's config
-    lacks takes the default of conf/callbacks/default.yaml)."""
+def watch(run: Path, topology_min_rel_size: float | None, run_settings: bool) -> JumpWatch:
+    """The JumpWatch of the defaults (``conf/callbacks/default.yaml``), or with ``run_settings``
+    the one the run built from its own ``callbacks.jumps`` (a knob its config lacks takes the
+    default)."""
+    settings = callback_defaults("jumps")
     config = RunDir(run).config_path
-    jumps = (yaml.safe_load(config.read_text()).get("callbacks") or {}).get("jumps") or {} if config.exists() else {}
-    settings = {**callback_defaults("jumps"), **{k: v for k, v in jumps.items() if k != "_target_"}}
+    if run_settings and config.exists():
+        jumps = (yaml.safe_load(config.read_text()).get("callbacks") or {}).get("jumps") or {}
+        settings = {**settings, **{k: v for k, v in jumps.items() if k != "_target_"}}
     if topology_min_rel_size is not None:
         settings["topology_min_rel_size"] = topology_min_rel_size
-    return JumpWatch(**settings).detector
+    return JumpWatch(**settings)
 
 
 def replay(run: Path, from_step: int, n_eval: int, topology_min_rel_size: float | None,
-           all_series: bool) -> tuple[dict, list]:
-    """Per family: [series-evaluations, flags]; and the flagged events. The expensive series
-    are not fed to the online detector (trainer/monitors/topology_probe.py): left out unless
-    ``all_series``."""
-    watch = detector(run, topology_min_rel_size)
+           all_series: bool, run_settings: bool) -> tuple[dict, list]:
+    """Per family: [series-evaluations, flags]; and the flagged events. The series are fed as
+    JumpWatch feeds them (from the second evaluation on, update ratios left out). The expensive series are not fed to the online detector
+    (trainer/monitors/topology_probe.py): left out unless ``all_series``."""
+    jump_watch = watch(run, topology_min_rel_size, run_settings)
     tally: dict[str, list[int]] = defaultdict(lambda: [0, 0])
-    flags = []
     for name, points in read_series(run).items():
+        if not watched(name, jump_watch.watch_prefixes):
+            continue
         if not all_series and family(name).startswith(("topo: expensive", "topo: count")):
             continue
         n = n_eval if name.endswith("/acc") else None
         for step, value in points:
-            events = watch.update(name, step, value, n)
+            if step == 0:
+                continue
+            jump_watch.detector.update(name, step, value, n)
             tally[family(name)][0] += step >= from_step
-            for event in events:
-                if event.onset_step >= from_step:
-                    tally[family(name)][1] += 1
-                    flags.append((run.name, event))
+    flags = [(run.name, e) for e in jump_watch.reported(jump_watch.detector.events)
+             if e.onset_step >= from_step]
+    for _, event in flags:
+        tally[family(event.series)][1] += 1
     return tally, flags
 
 
@@ -88,6 +94,8 @@ def main() -> None:
                         help="override the run's callbacks.jumps.topology_min_rel_size")
     parser.add_argument("--all-series", action="store_true",
                         help="also replay the expensive series the online detector does not watch")
+    parser.add_argument("--run-settings", action="store_true",
+                        help="the run's own callbacks.jumps settings, not the current defaults")
     args = parser.parse_args()
     total: dict[str, list[int]] = defaultdict(lambda: [0, 0])
     all_flags = []
@@ -96,7 +104,8 @@ def main() -> None:
     for spec in args.runs:
         path, _, start = spec.partition(":")
         run, from_step = Path(path), int(start or 0)
-        tally, flags = replay(run, from_step, args.n_eval, args.topology_min_rel_size, args.all_series)
+        tally, flags = replay(run, from_step, args.n_eval, args.topology_min_rel_size, args.all_series,
+                              args.run_settings)
         all_flags += flags
         for name, (evaluations, n_flags) in sorted(tally.items()):
             total[name][0] += evaluations

@@ -4,7 +4,10 @@ Each family is a kind of curve a run logs at every evaluation. The no-jump famil
 flagged (false-alarm rate = fraction of curves with any event). The jump families carry one sharp
 step of a known size at a random evaluation; a detection is an event in the right direction whose
 onset lies within 2 evaluations of the true one, and its delay is the number of evaluations from
-the first post-jump evaluation to confirmation. Any other event on a jump curve is a false alarm.
+the first post-jump evaluation to confirmation. The ``ramp:`` families spread their rise linearly
+over 2, 4 or 8 evaluations (as real transitions do), with and without an accuracy of 0 at step 0
+before it; their onset must lie within the rise or one evaluation before it. Any other event on
+a jump curve is a false alarm.
 
     .venv/bin/python scripts/eval_jump_detector.py [--curves 300] [--evals 60] [--seed 0]
 
@@ -29,9 +32,9 @@ EVAL_EVERY = 100
 class Family:
     name: str
     make: Callable[[np.random.Generator, int], tuple[np.ndarray, int | None, int | None, int]]
-    # How far (evals) an event's onset may lie from the true change and still count as found:
-    # a sigmoid rise has no single onset, so its window spans the rise.
-    tolerance: int = 2
+    # Where (evals, relative to the true change) an event's onset may lie and still count as
+    # found: a sigmoid rise has no single onset, so its window spans the rise.
+    window: tuple[int, int] = (-2, 2)
 
 
 def _binomial(rng: np.random.Generator, p: np.ndarray, n: int) -> np.ndarray:
@@ -99,6 +102,23 @@ def emergence(width: float | None, n: int = 512):
     return make
 
 
+def ramp(size: float, evals_over: int, transient: bool, n: int = 256):
+    """A rise of ``size`` spread linearly over ``evals_over`` evaluations on a drifting accuracy
+    (binomial noise), as real transitions are; with ``transient``, an accuracy of 0 at step 0
+    before it (the answer format not learned yet)."""
+
+    def make(rng, evals):
+        at = int(rng.integers(12, evals - 12 - evals_over))
+        t = np.arange(evals)
+        low = rng.uniform(0.05, 0.45)
+        p = low + rng.uniform(0.0, 0.1) * t / evals + size * np.clip((t - at + 1) / evals_over, 0, 1)
+        if transient:
+            p[0] = 0.0
+        return _binomial(rng, p, n), n, at, 1
+
+    return make
+
+
 def count(mean_low: float, mean_high: float, level_after: float | None = None):
     """A count-valued series (graph components, H1 bars): Poisson around a level, and with
     ``level_after`` a step to that level at a random evaluation (a real change of structure)."""
@@ -140,8 +160,13 @@ FAMILIES = [
     Family("jump +0.20 on rise, noise 0.02", jump(0.2, None)),
     Family("drop -0.20 on rise, noise 0.02", jump(-0.2, None)),
     Family("count: Poisson 2 -> 20", count(2.0, 2.0, 20.0)),
-    *(Family(f"emergence: sigmoid +0.6, width {w}", emergence(w), tolerance=int(2 + 2 * w))
+    *(Family(f"emergence: sigmoid +0.6, width {w}", emergence(w),
+             window=(-int(2 + 2 * w), int(2 + 2 * w)))
       for w in (0.5, 1.0, 2.0)),
+    # A ramp is found when the event's onset lies within its rise, or an evaluation before it.
+    *(Family(f"ramp: {size:+.2f} over {over} evals{', step-0 transient' if transient else ''}",
+             ramp(size, over, transient), window=(-1, over - 1))
+      for transient in (False, True) for size in (0.2, 0.4) for over in (2, 4, 8)),
 ]
 
 
@@ -157,7 +182,7 @@ def run_family(family: Family, curves: int, evals: int, rng: np.random.Generator
             for event in detector.update("s", index * EVAL_EVERY, value, n_eval):
                 onset = event.onset_step // EVAL_EVERY
                 if at is not None and not hit and np.sign(event.size) == direction:
-                    if abs(onset - at) <= family.tolerance:
+                    if family.window[0] <= onset - at <= family.window[1]:
                         hit = True
                         delays.append(event.step // EVAL_EVERY - at)
                         onset_errors.append(onset - at)
@@ -183,7 +208,7 @@ def main() -> None:
     rng = np.random.default_rng(args.seed)
     start = time.perf_counter()
     print(f"JumpDetector defaults, {args.curves} curves x {args.evals} evals per family")
-    header = f"{'family':<36} {'false alarms':>12} {'detected':>9} {'delay':>6} {'onset err':>9}"
+    header = f"{'family':<44} {'false alarms':>12} {'detected':>9} {'delay':>6} {'onset err':>9}"
     print(header)
     print("-" * len(header))
     for family in FAMILIES:
@@ -193,7 +218,7 @@ def main() -> None:
             return f"{'-':>{width}}" if value is None else f"{value:>{width}{fmt}}"
 
         print(
-            f"{family.name:<36} {result['false_alarms']:>12.1%} "
+            f"{family.name:<44} {result['false_alarms']:>12.1%} "
             f"{cell(result['detected'], '.1%', 9)} {cell(result['delay'], '.1f', 6)} "
             f"{cell(result['onset_error'], '.1f', 9)}"
         )

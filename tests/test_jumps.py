@@ -167,4 +167,35 @@ def test_the_evaluation_at_step_0_does_not_hide_the_next_rise():
         watch.observe(step, {"probe/icl/acc": value}, {"probe/icl/acc": 256})
     events = watch.detector.events
     assert [e.series for e in events] == ["probe/icl/acc"]
-    assert 299 <= events[0].onset_step <= 349 and events[0].size > 0.15
+    # The onset is dated inside the rise (0.34 at 299 to 0.76 at 449): its first value past
+    # half the shift.
+    assert 299 <= events[0].onset_step <= 424 and events[0].size > 0.15
+
+
+def test_a_ramp_over_several_evaluations_after_a_step_0_transient_is_one_event_inside_it():
+    # The default run's in-context rise (seed 1): 0 at step 0, chance, then 0.38 -> 0.77 over
+    # four evaluations and on to 0.99; the old step detector missed it.
+    t = np.arange(40)
+    p = 0.3 + 0.5 * np.clip((t - 15) / 4, 0, 1) + 0.15 * np.clip((t - 19) / 10, 0, 1)
+    p[0] = 0.0
+    events = _feed(_accuracy(p, 256, seed=2), n_eval=256).events
+    assert len(events) == 1 and events[0].size > 0.3
+    assert 15 * EVAL_EVERY <= events[0].onset_step <= 19 * EVAL_EVERY
+
+
+def test_topology_events_are_reported_only_with_a_capability_change_near_them():
+    from trainer.monitors import JumpWatch
+    from trainer.schema import callback_defaults
+
+    rng = np.random.default_rng(0)
+    topology = 5.0 + rng.normal(0, 0.05, 40) + np.where(np.arange(40) >= 20, 1.0, 0.0)
+    capability = _accuracy(np.where(np.arange(40) >= 21, 0.8, 0.3), 256, seed=0)
+    settings = {**callback_defaults("jumps"), "companion_window": 300}
+    alone, paired = JumpWatch(**settings), JumpWatch(**settings)
+    for i in range(40):
+        alone.detector.update("topo/layer1/erank", i * 25, topology[i])
+        paired.detector.update("topo/layer1/erank", i * 25, topology[i])
+        paired.detector.update("probe/icl/acc", i * 25, capability[i], 256)
+    assert len(alone.detector.events) == 1 and alone.reported(alone.detector.events) == []
+    assert {e.series for e in paired.reported(paired.detector.events)} == {
+        "topo/layer1/erank", "probe/icl/acc"}

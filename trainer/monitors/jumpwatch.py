@@ -7,7 +7,7 @@ from typing import Any
 
 import lightning as L
 
-from trainer.measures.jumps import JumpDetector
+from trainer.measures.jumps import JumpDetector, JumpEvent
 from trainer.measures.leadlag import lead_lag
 from trainer.monitors.bus import Attached, MonitorBus
 from trainer.run_dir import RunDir
@@ -15,19 +15,24 @@ from trainer.steps import tokens_seen
 
 log = logging.getLogger("emergence_lab")
 
+#: The series a change of which is a capability change (the probes'); see JumpWatch.reported.
+CAPABILITY = "probe/"
+
 
 class JumpWatch(Attached, L.Callback):
     """Owns the jump detector: it subscribes to every series the monitors publish on the bus,
     offers its pre-alarms, and publishes the jumps it confirms (to the trail, among others)."""
 
-    def __init__(self, *, min_history: int, z_confirm: float, min_rel_size: float,
-                 topology_min_rel_size: float,
-                 watch_prefixes: tuple[str, ...] = ("probe/", "topo/", "llc/")) -> None:
-        # The defaults live in conf/callbacks/default.yaml (trainer.schema.callback_defaults).
-        self.detector = JumpDetector(min_history=min_history, z_confirm=z_confirm,
-                                     min_rel_size=min_rel_size,
+    def __init__(self, *, topology_min_rel_size: float, companion_window: int | None,
+                 watch_prefixes: tuple[str, ...] = ("probe/", "topo/", "llc/"),
+                 **detector: Any) -> None:
+        """``detector``: the :class:`JumpDetector` knobs (``callbacks.jumps`` in the config; their
+        defaults live in conf/callbacks/default.yaml, trainer.schema.callback_defaults).
+        ``companion_window``: see :meth:`reported` (None: every event is reported)."""
+        self.detector = JumpDetector(**detector,
                                      min_rel_size_by_prefix={"topo/": topology_min_rel_size})
         self.watch_prefixes = tuple(watch_prefixes)
+        self.companion_window = companion_window
         self.invalid: list[dict[str, Any]] = []
         self.trainer: L.Trainer | None = None
 
@@ -55,11 +60,15 @@ class JumpWatch(Attached, L.Callback):
             return
         new = []
         for series, value in values.items():
-            if series.startswith(self.watch_prefixes):
+            if watched(series, self.watch_prefixes):
                 new += self.detector.update(series, step, value, (n_eval or {}).get(series))
         if not new or trainer is None:
             return
-        events = [self._event_dict(e) for e in new]
+        everything = self.detector.events
+        earlier = set(self.reported(everything[: len(everything) - len(new)]))
+        events = [self._event_dict(e) for e in self.reported(everything) if e not in earlier]
+        if not events:
+            return
         for event in events:
             log.info("jump in %s at step %d (onset %d): %+.3f (score %.1f)", event["series"],
                      event["step"], event["onset_step"], event["size"], event["score"])
@@ -79,8 +88,21 @@ class JumpWatch(Attached, L.Callback):
         tokens_per_step = self.trainer.lightning_module.tokens_per_step
         return {**event.to_dict(), "tokens": tokens_seen(event.step, tokens_per_step)}
 
+    def reported(self, events: list[JumpEvent]) -> list[JumpEvent]:
+        """The events a run reports: every capability (``probe/``) event, and the others (topology,
+        weights) when a capability event's onset lies within ``companion_window`` steps of
+        theirs -- the moves that come with a capability change. A model that learns in weights
+        keeps reorganising its representations (a run without burstiness flagged 11-33 of them,
+        real and irrelevant to emergence); such an event waits, unreported, for a capability
+        event near it, and is written when one is confirmed."""
+        if self.companion_window is None:
+            return list(events)
+        onsets = [e.onset_step for e in events if e.series.startswith(CAPABILITY)]
+        return [e for e in events if e.series.startswith(CAPABILITY)
+                or any(abs(e.onset_step - onset) <= self.companion_window for onset in onsets)]
+
     def events(self) -> list[dict[str, Any]]:
-        return [self._event_dict(e) for e in self.detector.events]
+        return [self._event_dict(e) for e in self.reported(self.detector.events)]
 
     def _append(self, events: list[dict[str, Any]]) -> None:
         if self.trainer.is_global_zero:
@@ -113,6 +135,14 @@ class JumpWatch(Attached, L.Callback):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.detector.load_state_dict(state_dict)
         self.invalid = list(state_dict.get("invalid", []))
+
+
+def watched(series: str, prefixes: tuple[str, ...]) -> bool:
+    """Whether JumpWatch feeds ``series`` to the detector: those under ``prefixes`` but update
+    ratios, which follow the learning-rate schedule (the cosine decay made every one of them fall
+    by a "jump" or two on runs where nothing emerges) and, read against it, are heavy-tailed noise
+    around a constant."""
+    return series.startswith(prefixes) and not series.endswith("/update_ratio")
 
 
 def _wandb_alert(logger, events: list[dict[str, Any]]) -> None:
