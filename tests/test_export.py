@@ -20,7 +20,7 @@ warnings.filterwarnings("ignore", category=DeprecationWarning)  # HookedTransfor
 # An attention-only export has a zero-width MLP, whose init torch reports as a no-op.
 pytestmark = pytest.mark.filterwarnings("ignore:Initializing zero-element tensors")
 
-FAMILIES = ("swiglu", "gelu", "attn_only", "looped", "rmsnorm")
+FAMILIES = ("swiglu", "gelu", "attn_only", "looped", "rmsnorm", "mup")
 
 
 @pytest.fixture(scope="module")

@@ -17,6 +17,8 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from trainer.models.mup import PARAMETRIZATIONS
+
 NULL = type(None)
 
 
@@ -83,6 +85,11 @@ KNOBS: tuple[Knob, ...] = (
     *(Knob(f"model.{k}", (int,), "an integer >= 1", _at_least(1), help_)
       for k, help_ in (("n_layer", "transformer blocks"), ("n_head", "attention heads per block"),
                        ("d_model", "residual width"), ("n_loops", "passes through the blocks"))),
+    Knob("model.parametrization", (str,), f"one of {list(PARAMETRIZATIONS)}",
+         lambda v: v in PARAMETRIZATIONS,
+         "mup: the best lr holds over d_model, multipliers from base_width (trainer/models/mup.py)"),
+    Knob("model.base_width", (int, NULL), "an integer >= 1, or null", _at_least(1),
+         "the d_model at which mup equals sp"),
     # The monitors: a zero period would crash at step 0, a zero size "complete" with no metrics.
     Knob("callbacks.CapabilityProbes.every_n_steps", (int,), "an integer >= 1", _at_least(1),
          "probe/<set>/<metric> period"),
