@@ -40,6 +40,8 @@ def make_model(family: str, vocab_size: int, max_seq_len: int, item_dim: int | N
         "looped": lambda: Looped(**shape, n_layer=1, n_loops=3),
         "rmsnorm": lambda: GPT(**shape, n_layer=2, mlp="swiglu", norm="rmsnorm"),
         "rmsnorm_gelu": lambda: GPT(**shape, n_layer=2, mlp="gelu", norm="rmsnorm"),
+        "mup": lambda: GPT(**shape, n_layer=2, parametrization="mup", base_width=8,
+                           mup_input_mult=2.0, mup_output_mult=3.0),
     }[family]()
     randomize(model)
     return model.eval()

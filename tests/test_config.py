@@ -131,3 +131,11 @@ def test_bad_data_value_names_the_key(tmp_path, tiny_overrides):
     cfg = compose_cfg([*tiny_overrides, "data.p=12"], tmp_path / "run")
     with pytest.raises(DataConfigError, match="data.p=12"):
         train(cfg)
+
+
+@pytest.mark.parametrize("override,named", [("model.parametrization=mu", "model.parametrization='mu'"),
+                                            ("model.base_width=0", "model.base_width=0")])
+def test_bad_parametrization_is_a_config_error_naming_the_key(tmp_path, override, named):
+    cfg = compose_cfg([override], tmp_path)
+    with pytest.raises(ConfigError, match=named):
+        validate(cfg)

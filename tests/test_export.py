@@ -17,7 +17,7 @@ from trainer.run_files import load_model
 pytest.importorskip("transformers")
 pytest.importorskip("transformer_lens")
 warnings.filterwarnings("ignore", category=DeprecationWarning)  # HookedTransformer in TL 3.x
-FAMILIES = ("swiglu", "gelu", "attn_only", "looped", "rmsnorm")
+FAMILIES = ("swiglu", "gelu", "attn_only", "looped", "rmsnorm", "mup")
 
 
 @pytest.fixture(scope="module")

@@ -333,3 +333,49 @@ def test_rope_backward_takes_gradients_of_any_layout():
     expected = torch.autograd.grad(loss(ref_q, ref_k, plain[2]), (x, weight))
     for got, want in zip(grads, expected):
         torch.testing.assert_close(got, want)
+
+
+@pytest.mark.parametrize("cls", [GPT, AttnOnly, Looped])
+def test_mup_at_its_base_width_is_sp(cls):
+    """base_width = d_model: the same weights, logits and optimizer as the standard model."""
+    torch.manual_seed(0)
+    sp = cls(**SMALL, init="gpt2")
+    torch.manual_seed(0)
+    mup = cls(**SMALL, init="gpt2", parametrization="mup", base_width=SMALL["d_model"])
+    ids = torch.randint(0, 50, (2, 24))
+    torch.testing.assert_close(mup(ids), sp(ids), rtol=0, atol=0)
+    assert [len(g["params"]) for g in mup.optimizer_groups(0.1)] == \
+        [len(g["params"]) for g in sp.optimizer_groups(0.1)]
+
+
+@pytest.mark.parametrize("init", ["gpt2", "torch"])
+def test_mup_scales_hidden_init_lr_and_decay_by_the_width_ratio(init):
+    """4x the base width: hidden matrices init std / 2 (relative to SP at the base: gpt2 is
+    width-independent, torch's default already follows fan_in), lr / 4, decay x 4 (lr x wd
+    fixed); embeddings, readout and norms keep SP's lr."""
+    base = dict(SMALL, d_model=16, n_head=1, init=init)
+    wide = dict(base, d_model=64)
+    torch.manual_seed(0)
+    small = GPT(**base, parametrization="mup", base_width=16)
+    torch.manual_seed(0)
+    big = GPT(**wide, parametrization="mup", base_width=16)
+    ratio = float(big.blocks[0].attn.qkv.weight.std() / small.blocks[0].attn.qkv.weight.std())
+    assert ratio == pytest.approx(0.5, rel=0.1)
+    decay, no_decay, hidden = big.optimizer_groups(0.1)
+    assert hidden["lr_scale"] == 0.25 and hidden["weight_decay"] == pytest.approx(0.4)
+    assert len(hidden["params"]) == 4 * SMALL["n_layer"]  # qkv, proj, up, down per block
+    assert any(p is big.tok_emb.weight for p in decay["params"]) and "lr_scale" not in decay
+    assert big.blocks[1].attn.scale == pytest.approx(16**0.5 / 64)  # 1/head_dim, 1/sqrt(16) at base
+
+
+def test_bad_parametrization_names_the_key():
+    with pytest.raises(ValueError, match="model.parametrization='mu'"):
+        GPT(**SMALL, parametrization="mu")
+    with pytest.raises(ValueError, match="model.base_width=None must be an integer >= 1"):
+        GPT(**SMALL, parametrization="mup")
+    with pytest.raises(ValueError, match="model.base_width=0"):
+        GPT(**SMALL, parametrization="mup", base_width=0)
+    with pytest.raises(ValueError, match="model.base_width=9 is not divisible by model.n_head=2"):
+        GPT(**SMALL, parametrization="mup", base_width=9)
+    with pytest.raises(ValueError, match="model.mup_output_mult=2.0 applies only"):
+        GPT(**SMALL, mup_output_mult=2.0)

@@ -8,6 +8,7 @@ once broke on ``optim.warmup_steps=null`` without a test noticing).
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 
@@ -36,3 +37,14 @@ def test_benchmark_script_prints_its_figure(name, tmp_path):
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert expected in proc.stdout, proc.stdout[-3000:]
+
+
+def test_coord_check_prints_both_slopes_and_draws_them(tmp_path):
+    out = tmp_path / "coord.png"
+    proc = subprocess.run([sys.executable, "scripts/coord_check.py", "--widths", "16", "32",
+                           "--seeds", "1", "--steps", "3", "--batch", "4", "--out", str(out)],
+                          cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    last = proc.stdout.strip().splitlines()[-1]
+    assert re.fullmatch(r"coord check: sp max \|slope\| \d+\.\d\d, mup max \|slope\| \d+\.\d\d", last)
+    assert out.stat().st_size > 10_000

@@ -105,6 +105,8 @@ class LitLM(L.LightningModule):
 
     def configure_optimizers(self):
         groups = self.model.optimizer_groups(self.weight_decay)
+        for group in groups:  # muP: the hidden matrices' lr / width ratio
+            group["lr"] = self.lr * group.pop("lr_scale", 1.0)
         optimizer = torch.optim.AdamW(groups, lr=self.lr, betas=self.betas, fused=False)
         schedule = torch.optim.lr_scheduler.LambdaLR(
             optimizer,

@@ -7,6 +7,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from trainer.analysis.lr_transfer import analyze_lr_transfer, is_lr_transfer_sweep
 from trainer.analysis.plots import plot_run
 from trainer.analysis.report import analyze_sweep
 from trainer.analysis.runs import AnalysisError, load_wandb_group
@@ -40,6 +41,8 @@ def analyze_sweep_main(argv: Sequence[str] | None = None) -> int:
             result = analyze_sweep(None, args.out_dir or Path(args.wandb_group), args.metric,
                                    args.x, args.y, runs=runs, title=f"wandb group {args.wandb_group}",
                                    level=args.level)
+        elif is_lr_transfer_sweep(args.sweep_dir):  # lr x width x parametrization
+            result = analyze_lr_transfer(args.sweep_dir, args.out_dir)
         else:
             result = analyze_sweep(args.sweep_dir, args.out_dir, args.metric, args.x, args.y,
                                    level=args.level)

@@ -33,6 +33,7 @@ from trainer.export.common import (
     split_swiglu,
     unrolled_blocks,
 )
+from trainer.models.mup import as_sp
 
 NEEDS = ("transformers", "safetensors")
 
@@ -114,6 +115,7 @@ def _neox(model: Any, blocks: list[Any], eos_id: int | None):
 
 def convert(model: Any, eos_id: int | None = None):
     """The ``transformers`` model holding the lab model's weights, and a note (or None)."""
+    model = as_sp(model)  # muP's multipliers folded into the weights: the same logits
     blocks, note = unrolled_blocks(model)
     cfg = model.config
     check_expressible(model, "hf")

@@ -31,6 +31,7 @@ from typing import Any
 import torch
 
 from trainer.export.common import mlp_width, split_qkv, split_swiglu, unrolled_blocks
+from trainer.models.mup import as_sp
 
 NEEDS = ("transformer_lens", "safetensors")
 CONFIG_FILE, WEIGHTS_FILE, LOADER_FILE = "tl_config.json", "model.safetensors", "load_tl.py"
@@ -124,6 +125,7 @@ def state_dict(model: Any, blocks: list[Any]) -> dict[str, torch.Tensor]:
 def convert(model: Any, text: bool = False):
     """The ``HookedTransformer`` holding the lab model's weights, its config fields, its
     state dict and a note (or None)."""
+    model = as_sp(model)  # muP's multipliers folded into the weights: the same logits
     from transformer_lens import HookedTransformer, HookedTransformerConfig
 
     blocks, note = unrolled_blocks(model)

@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+import trainer.models.mup as mup
 from trainer.models.generate import KVCache, generate
 from trainer.models.ops import (
     RopeSlice,
@@ -68,6 +69,14 @@ class GPTConfig:
     # Multiplies every initial weight matrix and embedding (not the norms' scales) after ``init``:
     # the knob that decides whether in-context learning arrives after a plateau or smoothly.
     init_scale: float = 1.0
+    # sp | mup (``mup.py``): with mup the multipliers are taken from the ratio d_model /
+    # base_width, and at d_model = base_width the model is SP's. base_head_dim: the head width at
+    # the base width, resolved in __post_init__ (set explicitly only by model.json).
+    parametrization: str = "sp"
+    base_width: int | None = None
+    mup_input_mult: float = 1.0
+    mup_output_mult: float = 1.0
+    base_head_dim: int | None = None
 
     def __post_init__(self) -> None:
         problems = []
@@ -78,6 +87,7 @@ class GPTConfig:
             ):
                 problems.append(f"model.{f.name}={value!r} must be of type {f.type}")
         if not problems:
+            given_head_dim = self.head_dim
             if self.init not in INIT_SCHEMES:
                 problems.append(f"model.init={self.init!r} is not one of {list(INIT_SCHEMES)}")
             if self.mlp not in MLP_KINDS:
@@ -113,10 +123,37 @@ class GPTConfig:
                     problems.append(f"model.{key}={getattr(self, key)} must be >= 1")
             if not self.init_scale > 0.0:
                 problems.append(f"model.init_scale={self.init_scale} must be > 0")
+            if not problems:
+                problems += self._parametrization_problems(given_head_dim)
             if not 0.0 <= self.dropout < 1.0:
                 problems.append(f"model.dropout={self.dropout} must lie in [0, 1)")
         if problems:
             raise ValueError("invalid model config:\n  " + "\n  ".join(problems))
+
+    def _parametrization_problems(self, given_head_dim: int | None) -> list[str]:
+        if self.parametrization not in mup.PARAMETRIZATIONS:
+            return [f"model.parametrization={self.parametrization!r} is not one of "
+                    f"{list(mup.PARAMETRIZATIONS)}"]
+        if self.base_width is not None and self.base_width < 1:
+            return [f"model.base_width={self.base_width} must be >= 1"]
+        if self.parametrization == "sp":
+            return [f"model.{key}={getattr(self, key)} applies only with model.parametrization=mup"
+                    for key in ("mup_input_mult", "mup_output_mult") if getattr(self, key) != 1.0]
+        if self.base_width is None:
+            return [f"model.base_width={self.base_width} must be an integer >= 1 with "
+                    "model.parametrization=mup (the width at which muP equals SP)"]
+        problems = [f"model.{key}={getattr(self, key)} must be > 0"
+                    for key in ("mup_input_mult", "mup_output_mult") if not getattr(self, key) > 0]
+        if self.base_head_dim is None:
+            # A d_model sweep with model.head_dim set keeps the heads' width, else their number.
+            if given_head_dim is not None:
+                self.base_head_dim = given_head_dim
+            elif self.base_width % self.n_head:
+                problems.append(f"model.base_width={self.base_width} is not divisible by "
+                                f"model.n_head={self.n_head}")
+            else:
+                self.base_head_dim = self.base_width // self.n_head
+        return problems
 
     @property
     def mlp_hidden(self) -> int:
@@ -157,6 +194,7 @@ class Attention(nn.Module):
     def __init__(self, cfg: GPTConfig) -> None:
         super().__init__()
         self.n_head, self.head_dim, self.dropout = cfg.n_head, cfg.head_dim, cfg.dropout
+        self.scale = mup.attention_scale(cfg)  # None: SDPA's 1/sqrt(head_dim)
         self.qkv = nn.Linear(cfg.d_model, 3 * cfg.d_model, bias=False)
         self.proj = nn.Linear(cfg.d_model, cfg.d_model, bias=False)
         rows = pair_interleave(cfg.n_head, cfg.head_dim)
@@ -192,17 +230,20 @@ class Attention(nn.Module):
             k, v = cache.append(slot, k, v)
         dropout = self.dropout if self.training else 0.0
         if need_weights:
-            scores = (q @ k.transpose(-2, -1)) / math.sqrt(self.head_dim)
+            scores = q @ k.transpose(-2, -1)
+            scores = scores / math.sqrt(self.head_dim) if self.scale is None else scores * self.scale
             allowed = causal_mask(T, k.shape[-2], start, x.device)
             weights = scores.masked_fill(~allowed, float("-inf")).softmax(dim=-1)
             y = F.dropout(weights, dropout, self.training) @ v
         else:
             weights = None
             if start == 0:
-                y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=True)
+                y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=True,
+                                                   scale=self.scale)
             else:  # decoding: one new token sees every stored key, several need the offset mask
                 mask = None if T == 1 else causal_mask(T, k.shape[-2], start, x.device)
-                y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)
+                y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout,
+                                                   scale=self.scale)
         return self.proj(y.transpose(1, 2).reshape(B, T, C)), weights
 
 
@@ -275,6 +316,9 @@ class GPT(nn.Module):
         self.register_buffer("rope_pairs", pair_table(cos, sin, cfg.n_head), persistent=False)
         if cfg.init == "gpt2":
             self._init_gpt2()
+        mup.scale_hidden_init(self)
+        # Python floats, 1.0 under SP: the default forward multiplies by nothing.
+        self.input_mult, self.readout_mult = mup.input_mult(cfg), mup.readout_mult(cfg)
         if cfg.init_scale != 1.0:
             weights = {id(m.weight): m.weight for m in self.modules()
                        if isinstance(m, (nn.Linear, nn.Embedding))}  # tied: scaled once
@@ -310,6 +354,8 @@ class GPT(nn.Module):
         if self.item_proj is not None and item_vectors is not None:
             items = self.item_proj(item_vectors.to(x.dtype))
             x = torch.where(item_mask.unsqueeze(-1), items, x)
+        if self.input_mult != 1.0:
+            x = x * self.input_mult
         return x if self.drop is None else self.drop(x)
 
     def forward(
@@ -338,7 +384,8 @@ class GPT(nn.Module):
             attn.append(weights)
         if cache is not None:
             cache.advance(end - start)
-        logits = self.head(self.norm(x))
+        x = self.norm(x)
+        logits = self.head(x if self.readout_mult == 1.0 else x * self.readout_mult)
         if not (return_hidden or return_attn):
             return logits
         return {"logits": logits, "hidden": hidden, "attn": attn if return_attn else None}
@@ -383,12 +430,6 @@ class GPT(nn.Module):
         return int(6 * applied_weights + 12 * cfg.n_layer * cfg.n_loops * cfg.d_model * T)
 
     def optimizer_groups(self, weight_decay: float) -> list[dict]:
-        """Weight decay on matrices only: embeddings and linear weights decay, norms do not."""
-        decay, no_decay = [], []
-        for p in self.parameters():
-            if p.requires_grad:
-                (decay if p.dim() >= 2 else no_decay).append(p)
-        return [
-            {"params": decay, "weight_decay": weight_decay},
-            {"params": no_decay, "weight_decay": 0.0},
-        ]
+        """Weight decay on matrices only: embeddings and linear weights decay, norms do not.
+        Under muP the hidden matrices form a third group with their own lr scale and decay."""
+        return mup.optimizer_groups(self, weight_decay)

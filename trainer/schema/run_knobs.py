@@ -97,6 +97,12 @@ MODEL_KNOBS: tuple[Knob, ...] = (
          "multiplies the initial weights and embeddings (not norms): whether in-context learning "
          "arrives after a plateau or smoothly"),
     knob("model.tie_embeddings", flag(), "the output head shares the token embedding"),
+    knob("model.parametrization", choice("sp", "mup"),
+         "mup: the best lr holds over d_model, multipliers from base_width (trainer/models/mup.py)"),
+    knob("model.base_width", integer(1, null=True), "the d_model at which mup equals sp"),
+    knob("model.mup_input_mult", documented(number(above=0)), "mup only: embedding output x this"),
+    knob("model.mup_output_mult", documented(number(above=0)),
+         "mup only: logits x this / (d_model / base_width)"),
 )
 
 # Passed to lightning.Trainer as they are; Lightning checks them (a refusal names pl.<key>).
