@@ -68,11 +68,12 @@ def test_all_problems_are_reported_at_once(tmp_path):
     assert all(k in str(info.value) for k in ("optim.lr", "optim.betas", "callbacks.topology.k"))
 
 
-def test_identity_diff_names_nested_keys():
-    saved = {"model": {"d_model": 64, "n_head": 1}, "data": {"p": 13}}
-    now = {"model": {"d_model": 32, "n_head": 1}, "data": {"p": 13, "extra": 1}}
+def test_identity_diff_names_nested_keys_and_leaves_knobs_newer_than_the_checkpoint():
+    saved = {"model": {"d_model": 64, "n_head": 1, "gone": 2}, "data": {"p": 13}}
+    now = {"model": {"d_model": 32, "n_head": 1, "parametrization": "sp"}, "data": {"p": 13}}
+    # model.parametrization came after this checkpoint: the run trained under its default
     assert identity_diff(saved, now) == [
-        "data.extra: checkpoint '<absent>', now 1", "model.d_model: checkpoint 64, now 32"]
+        "model.d_model: checkpoint 64, now 32", "model.gone: checkpoint 2, now '<absent>'"]
 
 
 def _write_csv(path, rows, torn: str = "") -> None:

@@ -267,7 +267,7 @@ def test_a_run_too_large_for_memory_is_refused_naming_the_sizes(tmp_path, monkey
 
 @pytest.mark.slow
 def test_a_sweep_into_a_busy_sweep_dir_says_so_in_one_line(tmp_path):
-    """Job 0's dir is held by a live process (another sweep's job): that job is refused, the
+    """Job 0's dir is locked by a live process (another sweep's job): that job is refused, the
     other runs, and the sweep ends with exit 2 and one line, not a traceback."""
     import subprocess
     import sys
@@ -276,9 +276,13 @@ def test_a_sweep_into_a_busy_sweep_dir_says_so_in_one_line(tmp_path):
 
     sweep = tmp_path / "sweep"
     (sweep / "0").mkdir(parents=True)
-    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)"])
+    lock = sweep / "0" / ".lock"
+    holder = ("import fcntl, os, sys, time; fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT); "
+              "fcntl.flock(fd, fcntl.LOCK_EX); os.write(fd, b'pid=%d' % os.getpid()); "
+              "print('held', flush=True); time.sleep(300)")
+    other = subprocess.Popen([sys.executable, "-c", holder, str(lock)], stdout=subprocess.PIPE, text=True)
     try:
-        (sweep / "0" / ".lock").write_text(f"{other.pid}\n")
+        assert other.stdout.readline().strip() == "held"  # the lock is taken before the sweep starts
         proc = _cli(["-m", *TINY, "callbacks=minimal", f"paths.cache_dir={tmp_path / 'cache'}",
                      f"hydra.sweep.dir={sweep}", "data.p=13,17"], tmp_path)
         out, _ = proc.communicate(timeout=600)

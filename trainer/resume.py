@@ -27,10 +27,12 @@ def _strip(tree: Any) -> Any:
 
 
 def identity_diff(saved: Any, current: Any, prefix: str = "") -> list[str]:
-    """Dotted keys whose values differ between two identities (nested dicts walked)."""
+    """Dotted keys whose values differ between two identities (nested dicts walked). A key the
+    checkpoint does not have is a knob newer than the checkpoint: not compared (a new knob's
+    default keeps the behaviour the run was trained under, e.g. ``model.parametrization=sp``)."""
     if isinstance(saved, dict) and isinstance(current, dict):
         diffs = []
-        for key in sorted(set(saved) | set(current), key=str):
+        for key in sorted(set(saved), key=str):
             diffs += identity_diff(saved.get(key, "<absent>"), current.get(key, "<absent>"),
                                    f"{prefix}{key}.")
         return diffs
@@ -60,8 +62,9 @@ def resume_check(ckpt: Path, ckpt_path: str, identity: dict[str, Any]) -> dict[s
     run_summary = (state.get("callbacks") or {}).get("RunSummary", {})
     saved = run_summary.get("identity")
     if saved:
-        # Keys a checkpoint of an older version did not record (the seed) are not compared.
-        diffs = identity_diff(_strip(saved), _strip({k: v for k, v in identity.items() if k in saved}))
+        # Keys a checkpoint of an older version did not record (the seed, a newer model knob)
+        # are not compared: see identity_diff.
+        diffs = identity_diff(_strip(saved), _strip(identity))
         if diffs:
             raise ConfigError(
                 f"ckpt_path={ckpt_path!r}: {ckpt} was trained with another config; refusing to "
