@@ -26,6 +26,8 @@ Probe sets (``probe/<set>/acc`` and ``/logprob``):
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from data_mixers.base import DataConfigError, ProbeSet, StepSampler
@@ -138,7 +140,8 @@ class Composition(StepSampler):
                 continue  # no OOD paths (ood_fraction=0) or no training inferred facts (phi=0)
             probes.append(ProbeSet(name, self._encode(facts), kind="answer",
                                    answer_positions=np.where(facts[:, 2] >= 0, 2, 1),
-                                   meta={"chance": 1.0 / self.entities}))
+                                   meta={"chance": {"acc": 1.0 / self.entities,
+                                                    "logprob": -math.log(self.entities)}}))
         return probes
 
     def batch_stats(self, batch) -> dict[str, float]:

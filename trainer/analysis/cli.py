@@ -57,15 +57,18 @@ def analyze_sweep_main(argv: Sequence[str] | None = None) -> int:
     if result.scale_markdown:
         print()
         print(result.scale_markdown, end="")
-    print()
-    print(result.transitions_markdown, end="")
-    if result.not_completed:
-        print(f"\n{len(result.not_completed)} run(s) not completed:")
-        for line in result.not_completed:
+    transitions = getattr(result, "transitions_markdown", "")  # an lr_transfer sweep has none
+    if transitions:
+        print()
+        print(transitions, end="")
+    not_completed = getattr(result, "not_completed", [])
+    if not_completed:
+        print(f"\n{len(not_completed)} run(s) not completed:")
+        for line in not_completed:
             print(f"  {line}")
-    for line in result.notes:
+    for line in getattr(result, "notes", []):
         print(f"\nnote: {line}")
-    for line in result.warnings:  # again under the tables, where the reader's eye ends
+    for line in getattr(result, "warnings", []):  # again under the tables, where the reader's eye ends
         print(f"warning: {line}", file=sys.stderr)
     return 0
 
