@@ -115,12 +115,15 @@ def test_transitions_series_must_be_a_list_of_names(tmp_path):
 @pytest.mark.slow
 def test_a_tiny_run_writes_transitions_json_and_its_summary(tmp_path, tiny_overrides):
     from trainer.retro import main as retro_main
+    from trainer.run_dir import RunDir
     from trainer.train import train
 
     run = tmp_path / "run"
     summary = train(compose_cfg([*tiny_overrides, "budget.tokens=6400", "callbacks.probes.every_n_steps=5",
                                  "transitions.series=[train/loss,not/logged]"], run))
-    report = json.loads((run / "transitions.json").read_text())
+    on_disk = json.loads((run / "transitions.json").read_text())
+    assert on_disk["probe/heldout/acc"]["rises"] is not None  # a series' fit is a top-level key
+    report = RunDir(run).read_transitions()
     assert report["tokens_per_step"] == summary["tokens_per_step"]
     assert "wild bootstrap" in report["interval_method"] and report["missing_series"] == ["not/logged"]
     assert {"probe/heldout/acc", "probe/heldout/logprob", "train/loss"} <= set(report["series"])
@@ -133,7 +136,7 @@ def test_a_tiny_run_writes_transitions_json_and_its_summary(tmp_path, tiny_overr
 
     # elab-retro fits its own grid into retro/transitions.json.
     assert retro_main([str(run), "--all", "--no-progress", "--monitors", "probes"]) == 0
-    retro = json.loads((run / "retro" / "transitions.json").read_text())
+    retro = RunDir(run).read_transitions("retro/transitions.json")
     assert retro["source"] == "retro/metrics.csv" and retro["missing_series"] == ["train/loss", "not/logged"]
     assert {"probe/heldout/acc", "probe/heldout/logprob"} == set(retro["series"])
 

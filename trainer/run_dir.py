@@ -110,8 +110,11 @@ class RunDir:
 
     def write_transitions(self, report: dict[str, Any], name: str | Path = TRANSITIONS) -> Path:
         """``transitions.json`` (or ``retro/transitions.json``): the capability fits of
-        :mod:`trainer.measures.transitions`."""
-        return self.write_json(name, report)
+        :mod:`trainer.measures.transitions`. On disk each series' fit is a top-level key (series
+        names hold a ``/``; the report's own fields do not), so ``d["probe/icl/acc"]["rises"]``
+        reads it without the lab; :meth:`read_transitions` gives the report back."""
+        flat = {k: v for k, v in report.items() if k != "series"}
+        return self.write_json(name, {**flat, **report.get("series", {})})
 
     def start_events(self, events: list[dict[str, Any]]) -> None:
         """``events.jsonl`` holding exactly ``events`` (a resume rewrites it from the detector's
@@ -139,7 +142,12 @@ class RunDir:
         return self.read_json(SUMMARY)
 
     def read_transitions(self, name: str | Path = TRANSITIONS) -> dict[str, Any] | None:
-        return self.read_json(name)
+        """The report :meth:`write_transitions` wrote: its fields and ``series`` (name -> fit)."""
+        raw = self.read_json(name)
+        if not isinstance(raw, dict):
+            return raw
+        return {**{k: v for k, v in raw.items() if "/" not in k},
+                "series": {k: v for k, v in raw.items() if "/" in k}}
 
     def read_events(self, name: str | Path = EVENTS) -> list[dict[str, Any]]:
         """The events of ``events.jsonl`` (empty when there is none). A torn last line is
