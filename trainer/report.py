@@ -28,7 +28,7 @@ def read_run(run_dir: Path) -> dict[str, Any]:
     return {"run_dir": str(run.path), "summary": _tolerant(run.read_summary),
             "events": _tolerant(run.read_events) or [],
             "transitions": _tolerant(run.read_transitions),
-            "overrides": read_overrides(run.path)}
+            "overrides": run.read_overrides()}
 
 
 def _tolerant(read) -> Any:
@@ -38,19 +38,6 @@ def _tolerant(read) -> Any:
     except (OSError, ValueError):
         return None
     return value if isinstance(value, (dict, list)) else None
-
-
-def read_overrides(run_dir: Path) -> list[str]:
-    """The job's command-line overrides (``.hydra/overrides.yaml``, a YAML list of strings)."""
-    path = Path(run_dir) / ".hydra" / "overrides.yaml"
-    if not path.is_file():
-        return []
-    import yaml
-
-    try:
-        return [str(o) for o in yaml.safe_load(path.read_text()) or []]
-    except yaml.YAMLError:
-        return []
 
 
 def capability_finals(summary: dict[str, Any]) -> dict[str, float]:

@@ -141,6 +141,19 @@ class RunDir:
     def read_summary(self) -> dict[str, Any] | None:
         return self.read_json(SUMMARY)
 
+    def read_overrides(self) -> list[str]:
+        """The job's command-line overrides (``.hydra/overrides.yaml``, a YAML list of strings);
+        empty when the file is absent or not YAML."""
+        path = self.hydra_dir / "overrides.yaml"
+        if not path.is_file():
+            return []
+        import yaml
+
+        try:
+            return [str(o) for o in yaml.safe_load(path.read_text()) or []]
+        except yaml.YAMLError:
+            return []
+
     def read_transitions(self, name: str | Path = TRANSITIONS) -> dict[str, Any] | None:
         """The report :meth:`write_transitions` wrote: its fields and ``series`` (name -> fit)."""
         raw = self.read_json(name)

@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import yaml
 
 from trainer.run_dir import METRICS_CSV, SUMMARY, RunDir, read_metrics_csv, read_metrics_header
 from trainer.steps import global_step_of, tokens_seen
@@ -223,13 +222,7 @@ def load_run(run_dir: str | Path, name: str | None = None) -> Run:
         events = run.read_events() if run.events_path.is_file() else list(summary.get("jumps") or [])
     except ValueError as exc:
         raise AnalysisError(str(exc)) from exc
-    overrides_yaml = run.hydra_dir / "overrides.yaml"
-    if "overrides" in summary:
-        overrides = summary["overrides"] or []
-    elif overrides_yaml.is_file():
-        overrides = yaml.safe_load(overrides_yaml.read_text()) or []
-    else:
-        overrides = []
+    overrides = (summary["overrides"] or []) if "overrides" in summary else run.read_overrides()
     metrics_csv = run.find_metrics_csv()
     return Run(
         path=run.path,
