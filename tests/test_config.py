@@ -14,15 +14,27 @@ from trainer.train import CONF_DIR, train
 
 CONF = Path(CONF_DIR)
 GROUPS = sorted(p.name for p in CONF.iterdir() if p.is_dir() and p.name not in ("hydra",))
+DEFAULTS = {next(iter(d)) for d in OmegaConf.load(CONF / "train.yaml").defaults if not isinstance(d, str)}
 
 
 def options(group: str) -> list[str]:
     return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
 
 
+def add_on_host(group: str) -> str:
+    """An add-on group (not in train.yaml's defaults, appended with ``+group=``) composes on top of
+    the experiment whose sweep names it."""
+    hosts = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml") if f"+{group}:" in p.read_text())
+    assert hosts, f"conf/{group}/ is in no defaults list and no experiment sweeps +{group}"
+    return hosts[0]
+
+
 @pytest.mark.parametrize("group,option", [(g, o) for g in GROUPS for o in options(g)])
 def test_every_group_option_composes_and_validates(group, option, tmp_path):
-    cfg = compose_cfg([f"{group}={option}"], tmp_path)
+    if group in DEFAULTS:
+        cfg = compose_cfg([f"{group}={option}"], tmp_path)
+    else:
+        cfg = compose_cfg([f"experiment={add_on_host(group)}", f"+{group}={option}"], tmp_path)
     OmegaConf.resolve(cfg)
     validate(cfg)
 
