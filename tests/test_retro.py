@@ -118,11 +118,12 @@ def test_retro_on_a_tiny_run_writes_metrics_and_lead_lag_and_resumes(tmp_path, t
     checkpoint = torch.load(trail[40], weights_only=True)
     assert checkpoint["global_step"] == 40 and "optimizer_states" not in checkpoint
 
-    assert retro_main([str(run), "--all", "--no-progress", "--monitors", "probes,topology"]) == 0
+    assert retro_main([str(run), "--all", "--no-progress"]) == 0  # the default pass: no LLC
     with (run / "retro" / "metrics.csv").open() as f:
         rows = list(csv.DictReader(f))
     assert [int(r["global_step"]) for r in rows] == sorted(trail)
     assert {"probe/heldout/acc", "topo/layer1/h1_total", "topo/layer1/knn_fiedler"} <= set(rows[0])
+    assert not any(k.startswith("llc/") for k in rows[0]), "the LLC runs only when asked (--llc)"
     # The same model at the same step: the retro probe equals the online one.
     with (run / "csv" / "metrics.csv").open() as f:
         online = {int(r["step"]): float(r["probe/heldout/logprob"]) for r in csv.DictReader(f)
@@ -136,10 +137,41 @@ def test_retro_on_a_tiny_run_writes_metrics_and_lead_lag_and_resumes(tmp_path, t
     before = (run / "retro" / "metrics.csv").stat().st_mtime_ns
     assert retro_main([str(run), "--all", "--no-progress", "--monitors", "probes"]) == 0
     assert (run / "retro" / "metrics.csv").stat().st_mtime_ns == before
-    assert retro_main([str(run), "--steps", "20,40", "--no-progress", "--monitors", "llc"]) == 0
+    assert retro_main([str(run), "--steps", "20,40", "--no-progress", "--llc"]) == 0
     with (run / "retro" / "metrics.csv").open() as f:
         rows = {int(r["global_step"]): r for r in csv.DictReader(f)}
     assert rows[40]["llc/mean"] and rows[40]["probe/heldout/acc"] and not rows[30]["llc/mean"]
+    assert rows[40]["llc/valid"] in ("0.0", "1.0"), "each estimate says whether its diagnostics passed"
+
+
+def _llc_rows(valid_means: list[float], invalid_at: dict[int, float]) -> dict[int, dict[str, float]]:
+    rows = {}
+    for i, mean in enumerate(valid_means):
+        step = 25 * i
+        bad = step in invalid_at
+        rows[step + 1] = {"step": step, "global_step": step + 1, "llc/std": 1.0,
+                          "llc/mean": invalid_at.get(step, mean), "llc/valid": 0.0 if bad else 1.0}
+    return rows
+
+
+def test_an_llc_estimate_that_failed_its_diagnostics_is_neither_a_jump_nor_a_drawn_value():
+    from matplotlib.figure import Figure
+
+    from trainer.retro_plot import _draw_llc
+
+    # A flat LLC of ~40 with one failed estimate of -150 (chains not mixed): no jump, no -150 drawn.
+    means = [40.0 + 0.1 * (i % 3) for i in range(24)]
+    rows = _llc_rows(means, {450: -150.0, 475: -150.0, 500: -150.0, 525: -150.0, 550: -150.0})
+    cfg = {"callbacks": {"jumps": {}}}
+    assert detect_onsets(rows, cfg, {}) == []
+    flagged = {**rows, **{k: {**v, "llc/valid": 1.0} for k, v in rows.items()}}
+    assert [e["series"] for e in detect_onsets(flagged, cfg, {})] == ["llc/mean"], \
+        "the same values, counted valid, are a jump: the flag is what keeps them out"
+    ax = Figure().subplots()
+    _draw_llc(ax, [rows[k] for k in sorted(rows)])
+    drawn = [y for line in ax.get_lines() if line.get_transform() == ax.transData for y in line.get_ydata()]
+    assert drawn and -150.0 not in drawn and min(drawn) > 39
+    assert "5 estimate(s) failed diagnostics" in ax.get_legend().get_texts()[0].get_text()
 
 
 def test_retro_refuses_bad_input_with_exit_2_and_a_message(tmp_path, capsys):

@@ -6,8 +6,11 @@ happened. Offline, the checkpoint trail (``checkpoints/step-<n>.ckpt``, :mod:`tr
 holds the model at many steps, so this command measures everything again, densely where it
 matters: every trail checkpoint within ``--window`` steps of each detected jump's onset
 (``events.jsonl``), plus ``--sparse`` checkpoints spread log-uniformly over the rest of the run.
-The LLC, which costs as much as a few hundred training steps per checkpoint, runs on
-``--llc-points`` of them, half near the jumps.
+The LLC, which costs as much as a few hundred training steps per checkpoint (91% of the pass's
+time on the default run when it was on by default: 315 of 345 s), runs only when asked
+(``--llc``), on ``--llc-points`` of them, half near the jumps; an estimate whose diagnostics fail
+(chains not mixed, a negative estimate) is kept in ``metrics.csv`` with ``llc/valid`` = 0, left
+out of the detector and drawn as a mark on the step axis, never as a value.
 
 Writes, in ``RUN_DIR/retro/``:
 
@@ -45,12 +48,15 @@ from trainer.cli_errors import report_bad_input
 from trainer.config import ConfigError
 from trainer.retro_lock import lock_retro
 from trainer.measures.transitions import fit_report
-from trainer.retro_measure import load_setup, load_weights, measure
+from trainer.retro_measure import llc_valid, load_setup, load_weights, measure
+from trainer.retro_plot import plot_retro
 from trainer.run_dir import RunDir, read_metrics_csv, write_metrics_csv
 from trainer.steps import log_step
 
 log = logging.getLogger("emergence_lab")
 MONITORS = ("probes", "topology", "llc")
+#: What a pass measures unless asked for more: the LLC is opt-in (``--llc``), see the module text.
+DEFAULT_MONITORS = ("probes", "topology")
 PREFIX = {"probes": "probe/", "topology": "topo/", "llc": "llc/"}
 
 
@@ -144,7 +150,8 @@ def detect_onsets(rows: dict[int, dict[str, float]], cfg: Any, n_eval: dict[str,
     jumps_cfg = (cfg.get("callbacks") or {}).get("jumps") or {}
     settings = {**callback_defaults("jumps"), **{k: v for k, v in jumps_cfg.items() if k != "_target_"}}
     detector = JumpWatch(**settings).detector
-    # The LLC's chains, spread, R-hat and initial loss are diagnostics of one estimate, not series.
+    # The LLC's chains, spread, R-hat and initial loss are diagnostics of one estimate, not series;
+    # an estimate whose diagnostics failed is not a value of the series.
     series = sorted(k for k in {k for r in rows.values() for k in r} - {"step", "global_step"}
                     if not k.startswith("llc/") or k == "llc/mean")
     previous: dict[tuple[str, int], int] = {}
@@ -152,7 +159,7 @@ def detect_onsets(rows: dict[int, dict[str, float]], cfg: Any, n_eval: dict[str,
         last = None
         for global_step in sorted(rows):
             value = rows[global_step].get(name)
-            if value is None:
+            if value is None or (name == "llc/mean" and not llc_valid(rows[global_step])):
                 continue
             step = log_step(global_step)
             if last is not None:
@@ -192,7 +199,7 @@ def lead_lag_report(retro_events: list[dict], online_events: list[dict], window:
     return report
 
 
-def retro(run_dir: Path, monitors: Sequence[str] = MONITORS, steps: Sequence[int] | None = None,
+def retro(run_dir: Path, monitors: Sequence[str] = DEFAULT_MONITORS, steps: Sequence[int] | None = None,
           window: int = 200, sparse: int = 16, llc_points: int = 12, progress: bool = True,
           device: str | None = None, every: bool = False) -> dict[str, Any]:
     """Measure the chosen checkpoints (``every``: all of them; skipping those already in
@@ -278,54 +285,6 @@ def _retro(run_dir: Path, out_dir: Path, available: dict[int, Path], online: lis
     return report
 
 
-def plot_retro(rows: dict[int, dict[str, float]], report: dict[str, Any], out_png: Path) -> None:
-    """``retro/retro.png``: each capability that jumped (or every one, if none did), the LLC (mean
-    and chain spread), and the series nearest to leading the largest jump, onsets marked."""
-    from matplotlib.figure import Figure
-
-    def points(name: str) -> tuple[list[int], list[float]]:
-        steps = [r["step"] for _, r in sorted(rows.items()) if name in r]
-        return steps, [r[name] for _, r in sorted(rows.items()) if name in r]
-
-    jumps = report["lead_lag"]
-    names = sorted({k for r in rows.values() for k in r})
-    panels = list(dict.fromkeys(j["series"] for j in jumps)) or [
-        n for n in names if n.startswith("probe/") and n.endswith(("/acc", "/loss"))]
-    panels += ["llc/mean"] if any("llc/mean" in r for r in rows.values()) else []
-    # Sizes compare only within a unit: the largest accuracy jump, else the largest jump.
-    main = max(jumps, key=lambda j: (j["series"].endswith("/acc"), abs(j.get("size") or 0.0))) if jumps else None
-    if main is not None:
-        panels += [item["series"] for item in (main["before"] + main["same"])[:4]
-                   if item["series"] not in panels]
-    if not panels:
-        return
-    fig = Figure(figsize=(4.5 * min(3, len(panels)), 3.0 * ((len(panels) + 2) // 3) + 0.5), layout="constrained")
-    axes = fig.subplots((len(panels) + 2) // 3, min(3, len(panels)), squeeze=False).ravel()
-    onsets: dict[str, list[int]] = {}
-    for event in report["retro_events"]:
-        onsets.setdefault(event["series"], []).append(event["onset_step"])
-    for ax, name in zip(axes, panels):
-        steps, values = points(name)
-        ax.plot(steps, values, marker=".", markersize=4, linewidth=1)
-        if name == "llc/mean":
-            std = np.asarray([r.get("llc/std", 0.0) for _, r in sorted(rows.items()) if name in r])
-            ax.fill_between(steps, np.asarray(values) - std, np.asarray(values) + std, alpha=0.3)
-        if main is not None:
-            ax.axvline(main["onset_step"], color="C3", linestyle="--", linewidth=1)
-        for onset in onsets.get(name, []):
-            ax.axvline(onset, color="C2", linestyle=":", linewidth=1.5)
-        ax.set_xscale("symlog", linthresh=100)
-        ax.set_xlim(left=0)
-        ax.set_title(name, fontsize=9)
-        ax.tick_params(labelsize=7)
-    for ax in axes[len(panels):]:
-        ax.set_visible(False)
-    largest = f"; red dashed: onset of {main['series']} at {main['onset_step']}" if main else ""
-    fig.suptitle(f"elab-retro: {len(rows)} checkpoints{largest} (the largest jump, with the series "
-                 f"nearest to leading it); green dotted: each series' own onsets", fontsize=9)
-    fig.savefig(out_png, dpi=100, metadata={"Software": None})
-
-
 def calibrate(run_dir: Path, global_step: int | None, lrs: Sequence[float], n_betas: Sequence[float] | None,
               device: str | None = None) -> list[dict[str, Any]]:
     """:func:`trainer.measures.llc.calibrate_llc` on one checkpoint (default: the last), with the
@@ -357,8 +316,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         prog="elab-retro", description="Recompute the monitors on a run's checkpoint trail "
         "(densely around its jumps) and report which series changed first.")
     parser.add_argument("run_dir", type=Path)
-    parser.add_argument("--monitors", default=",".join(MONITORS),
-                        help=f"comma-separated subset of {','.join(MONITORS)} (default: all)")
+    parser.add_argument("--monitors", default=",".join(DEFAULT_MONITORS),
+                        help=f"comma-separated subset of {','.join(MONITORS)} (default: "
+                        f"{','.join(DEFAULT_MONITORS)}; the LLC costs as much as a few hundred "
+                        "training steps per checkpoint)")
+    parser.add_argument("--llc", action="store_true", help="also estimate the LLC (on --llc-points "
+                        "checkpoints): ~10x the pass's time on the default run")
     parser.add_argument("--steps", help="comma-separated global steps of the checkpoints to measure "
                         "(default: dense around each jump, sparse elsewhere)")
     parser.add_argument("--all", action="store_true", help="every checkpoint of the trail")
@@ -390,6 +353,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         steps = [int(s) for s in args.steps.split(",") if s] if args.steps else None
         monitors = [m for m in args.monitors.split(",") if m]
+        if args.llc and "llc" not in monitors:
+            monitors.append("llc")
         report = retro(args.run_dir, monitors, steps, args.window, args.sparse, args.llc_points,
                        progress=not args.no_progress, device=args.device, every=args.all)
     except Exception as exc:  # bad input names its option, file or path: a message, exit 2

@@ -94,7 +94,9 @@ def measure(setup: Setup, monitors: Sequence[str]) -> tuple[dict[str, float], li
         estimate = setup.llc.estimate(setup.model, setup.llc_batches)
         problems += [f"llc: {p}" for p in estimate.problems]
         if not estimate.diverged:
-            values.update(estimate.metrics())
+            # Kept with its diagnostics, flagged: an estimate whose chains did not mix (or that
+            # came out negative) is no value of the LLC (llc_valid, below).
+            values.update(estimate.metrics(), **{"llc/valid": float(not estimate.problems)})
     return {k: float(v) for k, v in values.items() if np.isfinite(v)}, problems
 
 
@@ -124,3 +126,9 @@ def _topology(setup: Setup, problems: list[str]) -> dict[str, float]:
         except ValueError as exc:
             problems.append(f"topo/weights: {exc}")
     return values
+
+
+def llc_valid(row: dict[str, float]) -> bool:
+    """Whether the row's LLC estimate passed its diagnostics (rows of older passes, without the
+    ``llc/valid`` column, count as valid)."""
+    return row.get("llc/valid", 1.0) != 0.0
