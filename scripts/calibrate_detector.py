@@ -24,6 +24,7 @@ from pathlib import Path
 import yaml
 
 from trainer.monitors.jumpwatch import JumpWatch, watched
+from trainer.report import accuracy_chance
 from trainer.run_dir import RunDir, series_of
 from trainer.schema import callback_defaults
 
@@ -67,6 +68,8 @@ def replay(run: Path, from_step: int, n_eval: int, topology_min_rel_size: float 
     JumpWatch feeds them (from the second evaluation on, update ratios left out). The expensive series are not fed to the online detector
     (trainer/monitors/topology_probe.py): left out unless ``all_series``."""
     jump_watch = watch(run, topology_min_rel_size, run_settings)
+    summary = RunDir(run).read_summary() or {}
+    jump_watch.detector.set_chance(accuracy_chance(summary.get("chance") or {}))
     tally: dict[str, list[int]] = defaultdict(lambda: [0, 0])
     for name, points in read_series(run).items():
         if not watched(name, jump_watch.watch_prefixes):

@@ -199,3 +199,45 @@ def test_topology_events_are_reported_only_with_a_capability_change_near_them():
     assert len(alone.detector.events) == 1 and alone.reported(alone.detector.events) == []
     assert {e.series for e in paired.reported(paired.detector.events)} == {
         "topo/layer1/erank", "probe/icl/acc"}
+
+
+def _answering_one_label(seed: int, evals: int = 700, n: int = 128) -> np.ndarray:
+    """A model at chance on an 8-label task that answers one label for every row, the label it
+    prefers changing now and then: the accuracy is the share of rows whose answer that label is
+    (the real no-burstiness run moved between 8/128 and 26/128 this way for 18k steps)."""
+    rng = np.random.default_rng(seed)
+    shares = rng.multinomial(n, np.full(8, 1 / 8)) / n  # the probe rows' answers over the labels
+    values, label = [], 0
+    for _ in range(evals):
+        if rng.random() < 0.08:
+            label = int(rng.integers(8))
+        values.append(rng.binomial(n, shares[label]) / n if rng.random() < 0.2 else round(shares[label] * n) / n)
+    return np.asarray(values)
+
+
+def test_an_accuracy_at_chance_whose_preferred_label_moves_is_no_jump_when_chance_is_known():
+    chance = {"probe/acc": 0.125}
+    flagged_without = 0
+    for seed in range(10):
+        values = _answering_one_label(seed)
+        flagged_without += len(_feed(values, n_eval=128).events)
+        detector = JumpDetector()
+        detector.set_chance(chance)
+        assert _feed(values, n_eval=128, detector=detector).events == [], seed
+    assert flagged_without >= 3, "the simulated series must be one the chance-blind detector trips on"
+
+
+def test_a_rise_from_chance_and_a_fade_back_to_it_are_still_jumps_and_chance_survives_a_resume():
+    rng = np.random.default_rng(1)
+    values = np.r_[np.full(20, 0.125), np.full(20, 0.8), np.full(20, 0.125)]
+    values = np.asarray([rng.binomial(128, p) / 128 for p in values])
+    detector = JumpDetector()
+    detector.set_chance({"probe/acc": 0.125})
+    events = _feed(values, n_eval=128, detector=detector).events
+    assert [round(e.size, 1) for e in events] == [0.7, -0.7]
+    restored = JumpDetector()
+    restored.load_state_dict(detector.state_dict())
+    assert restored.events == events
+    blind = JumpDetector()
+    blind.load_state_dict({"observations": detector.state_dict()["observations"]})  # an older checkpoint
+    assert len(blind.events) == 2

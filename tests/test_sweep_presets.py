@@ -73,6 +73,9 @@ def test_diversity_vs_scale_preset_puts_model_size_against_diversity_with_seeds(
     assert len(levels) >= 2 and len(str(params.seed).split(",")) >= 2
     assert cfg.data._target_.endswith("BurstyClasses") and cfg.model._target_.endswith("AttnOnly")
     assert cfg.budget.tokens == 1_000_000  # one fixed budget for every size
+    # Size means size: every width at the recipe of the base width, transferred by muP.
+    assert cfg.model.parametrization == "mup" and cfg.model.base_width in sizes
+    assert len(str(params.seed).split(",")) >= 3  # intervals need >= 3 seeds
 
 
 @pytest.mark.slow

@@ -215,3 +215,14 @@ def chance_levels(probe_sets: list[Any]) -> dict[str, Any]:
             out[f"probe/{probe.name}/{metric}"] = level
     return out
 
+
+def accuracy_chance(levels: dict[str, Any]) -> dict[str, float]:
+    """``{"probe/<set>/acc": chance}`` of :func:`chance_levels`' levels (or summary.json's
+    ``chance``): the level of guessing, not the ``plateau`` of a copying model; what the jump
+    detector judges an accuracy's change against."""
+    out = {}
+    for series, level in levels.items():
+        level = level.get("value") if isinstance(level, dict) else level
+        if series.endswith("/acc") and isinstance(level, (int, float)):
+            out[series] = float(level)
+    return out

@@ -48,6 +48,7 @@ from trainer.cli_errors import report_bad_input
 from trainer.config import ConfigError
 from trainer.retro_lock import lock_retro
 from trainer.measures.transitions import fit_report
+from trainer.report import accuracy_chance, chance_levels
 from trainer.retro_measure import llc_valid, load_setup, load_weights, measure
 from trainer.retro_plot import plot_retro
 from trainer.run_dir import RunDir, read_metrics_csv, write_metrics_csv
@@ -138,7 +139,8 @@ def write_rows(path: Path, rows: dict[int, dict[str, float]]) -> None:
                                       for global_step in sorted(rows)])
 
 
-def detect_onsets(rows: dict[int, dict[str, float]], cfg: Any, n_eval: dict[str, int]) -> list[dict[str, Any]]:
+def detect_onsets(rows: dict[int, dict[str, float]], cfg: Any, n_eval: dict[str, int],
+                  chance: dict[str, float] | None = None) -> list[dict[str, Any]]:
     """The lab's jump detector (with the run's settings) run over every retro series but the
     LLC's diagnostics: its confirmed events, each with the ``resolution`` of its onset (the steps
     since the series' previous checkpoint), marked ``source: retro``."""
@@ -150,6 +152,7 @@ def detect_onsets(rows: dict[int, dict[str, float]], cfg: Any, n_eval: dict[str,
     jumps_cfg = (cfg.get("callbacks") or {}).get("jumps") or {}
     settings = {**callback_defaults("jumps"), **{k: v for k, v in jumps_cfg.items() if k != "_target_"}}
     detector = JumpWatch(**settings).detector
+    detector.set_chance(chance or {})  # the accuracies' chance levels, as the run's detector had
     # The LLC's chains, spread, R-hat and initial loss are diagnostics of one estimate, not series;
     # an estimate whose diagnostics failed is not a value of the series.
     series = sorted(k for k in {k for r in rows.values() for k in r} - {"step", "global_step"}
@@ -265,7 +268,7 @@ def _retro(run_dir: Path, out_dir: Path, available: dict[int, Path], online: lis
                              "global_step": global_step, **values}
         write_rows(out_dir / "metrics.csv", rows)
     n_eval = {f"probe/{p.name}/acc": min(len(p.batch["input_ids"]), setup.probe_rows) for p in setup.probes}
-    retro_events = detect_onsets(rows, setup.cfg, n_eval)
+    retro_events = detect_onsets(rows, setup.cfg, n_eval, accuracy_chance(chance_levels(setup.probes)))
     report = {
         "run_dir": str(run_dir.resolve()),
         "checkpoints": [rows[s]["step"] for s in sorted(rows)],

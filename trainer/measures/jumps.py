@@ -28,6 +28,12 @@ more than its noise allows?":
    the series with a candidate change before it can be confirmed (:meth:`pending`), for monitors
    that measure densely around a change.
 
+**Chance.** An accuracy whose chance level is known (:meth:`JumpDetector.set_chance`) changes
+capability only if one of its two levels (the old level's mean, the new level's) lies above
+chance by more than ``z_confirm`` binomial deviations: a model at chance answers one label for every row, and which label it prefers wanders
+(a no-burstiness run of 20M tokens moved between 8/128 and 26/128 correct and flagged two "drops"
+of 0.13 without this); a fade from a real capability back to chance is still a change.
+
 The noise is the larger of the residual spread around the two levels' line and a model: for
 accuracies evaluated on ``n_eval`` items the binomial standard deviation, for count-valued series
 (integers, no binomial model: graph components, H1 bars) a Poisson one. Other series (topology,
@@ -108,6 +114,7 @@ class _Series:
     start: int = 0
     settled: bool = False  # whether the early transient has been decided
     pending: _Pending | None = None
+    chance: float | None = None  # an accuracy's chance level, when its source knows it
 
 
 class JumpDetector:
@@ -167,6 +174,13 @@ class JumpDetector:
         self.min_rel_size_by_prefix = dict(min_rel_size_by_prefix or {})
         self._series: dict[str, _Series] = {}
         self._events: list[JumpEvent] = []
+        self._chance: dict[str, float] = {}
+
+    def set_chance(self, levels: dict[str, float]) -> None:
+        """The chance levels of accuracy series (``{series: level}``); see the module text."""
+        self._chance.update({k: float(v) for k, v in levels.items()})
+        for name, state in self._series.items():
+            state.chance = self._chance.get(name)
 
     @property
     def events(self) -> list[JumpEvent]:
@@ -189,7 +203,8 @@ class JumpDetector:
             "observations": {
                 name: {"steps": list(s.steps), "values": list(s.values), "n_evals": list(s.n_evals)}
                 for name, s in self._series.items()
-            }
+            },
+            "chance": dict(self._chance),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -199,6 +214,7 @@ class JumpDetector:
         detector's internals, and yields exactly the events of an uninterrupted run.
         """
         self._series, self._events = {}, []
+        self.set_chance(state.get("chance") or {})
         for name, observed in state["observations"].items():
             for step, value, n_eval in zip(
                 observed["steps"], observed["values"], observed["n_evals"]
@@ -218,7 +234,9 @@ class JumpDetector:
         value = float(value)
         if not np.isfinite(value):
             raise ValueError(f"series {series!r} got a non-finite value {value} at step {step}")
-        state = self._series.setdefault(series, _Series())
+        state = self._series.get(series)
+        if state is None:
+            state = self._series[series] = _Series(chance=self._chance.get(series))
         if state.steps and step <= state.steps[-1]:
             raise ValueError(
                 f"series {series!r}: step {step} is not after the last step {state.steps[-1]}"
@@ -319,11 +337,19 @@ class JumpDetector:
         count = is_count(values[state.start : t + 1], state.n_evals[state.start : t + 1])
         rel_size = next((v for k, v in self.min_rel_size_by_prefix.items() if name.startswith(k)),
                         self.min_rel_size)
+        # _level_test's first condition, with its width-independent part computed once: the new
+        # level must lie beyond its own spread, and half the size floor, from the median of the
+        # last three old values (most evaluations of most series end here, for every width).
+        needed = max(max(post_y) - min(post_y),
+                     max(self.min_size, rel_size * abs(after) / (1 + rel_size)) / 2)
         best = None
         for width in range(self.ramp_evals + 1):
             rise = new - width
             if rise - state.start < self.min_history:
                 break
+            a, b, c = values[rise - 3], values[rise - 2], values[rise - 1]
+            if abs(after - (a + b + c - max(a, b, c) - min(a, b, c))) < needed:
+                continue
             found = self._level_test(state, rise, new, t, post_x, post_y, after, count, rel_size)
             if found is not None and (best is None or abs(found[0]) > abs(best[0])):
                 best = found + (rise,)
@@ -389,6 +415,11 @@ class JumpDetector:
             return None
         if abs(shift) < max(self.min_size, rel_size * abs(before)) or shift == 0:
             return None
+        if state.chance is not None and state.n_evals[t] is not None:
+            # Both levels at chance: the model's preferred wrong label moved, no capability did.
+            band = self.z_confirm * math.sqrt(noise_variance(state.chance, state.n_evals[t], False))
+            if max(pre_ym, after) < state.chance + band:  # levels as measured, not a trend
+                return None
         residual = ([y - pre_ym - slope * (x - pre_xm) for x, y in zip(pre_x, pre_y)]
                     + [y - after - slope * (x - post_xm) for x, y in zip(post_x, post_y)])
         dof = n + m - 3

@@ -85,12 +85,13 @@ class MonitorBus:
         for subscriber in self._jumps:
             subscriber(events)
 
-    def offer_alarms(self, pending: Callable[[tuple[str, ...]], list[str]]) -> None:
+    def offer_alarms(self, pending: Callable[[tuple[str, ...]], dict[str, int]]) -> None:
         self._alarms = pending
 
-    def alarms(self, prefixes: tuple[str, ...]) -> list[str]:
-        """Series (among ``prefixes``) with a candidate jump not yet confirmed or dropped."""
-        return self._alarms(prefixes) if self._alarms is not None else []
+    def alarms(self, prefixes: tuple[str, ...]) -> dict[str, int]:
+        """Series (among ``prefixes``) with a candidate jump not yet confirmed or dropped, mapped
+        to the step of the candidate's first trigger (which names the candidate)."""
+        return self._alarms(prefixes) if self._alarms is not None else {}
 
     # -- the run summary ---------------------------------------------------------------------
 

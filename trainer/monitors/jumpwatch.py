@@ -10,6 +10,7 @@ import lightning as L
 from trainer.measures.jumps import JumpDetector, JumpEvent
 from trainer.measures.leadlag import lead_lag
 from trainer.monitors.bus import Attached, MonitorBus
+from trainer.report import accuracy_chance, chance_levels
 from trainer.run_dir import RunDir
 from trainer.steps import tokens_seen
 
@@ -48,6 +49,9 @@ class JumpWatch(Attached, L.Callback):
     def setup(self, trainer, pl_module, stage: str) -> None:
         self.trainer = trainer
         self.run_dir = RunDir(trainer.default_root_dir)
+        datamodule = getattr(trainer, "datamodule", None)
+        if datamodule is not None and getattr(datamodule, "sampler", None) is not None:
+            self.detector.set_chance(accuracy_chance(chance_levels(datamodule.sampler.probe_sets())))
 
     def observe(self, step: int, values: dict[str, float], n_eval: dict[str, int] | None = None) -> None:
         """Feed one evaluation of some series to the detector; log and record what it confirms."""
@@ -78,10 +82,11 @@ class JumpWatch(Attached, L.Callback):
             logger.log_metrics({f"jump/{e['series']}": e["size"] for e in events}, step=step)
             _wandb_alert(logger, events)
 
-    def pending(self, prefixes: tuple[str, ...] = ("probe/",)) -> list[str]:
+    def pending(self, prefixes: tuple[str, ...] = ("probe/",)) -> dict[str, int]:
         """Series (among ``prefixes``) with a candidate jump the detector has not yet confirmed or
-        dropped: the pre-alarm the topology monitor densifies its expensive metrics on."""
-        return [name for name in self.detector.pending() if name.startswith(prefixes)]
+        dropped, mapped to the candidate's first trigger step: the pre-alarm the topology monitor
+        densifies its expensive metrics on."""
+        return {name: step for name, step in self.detector.pending().items() if name.startswith(prefixes)}
 
     def _event_dict(self, event) -> dict[str, Any]:
         # Tokens seen at the confirmation step (a log step, see trainer.steps).

@@ -95,9 +95,20 @@ class CapabilityProbes(Attached, L.Callback):
 
     seconds = 0.0  # wall time spent in this monitor (see common.timed)
 
-    def __init__(self, *, every_n_steps: int, max_rows: int) -> None:
+    def __init__(self, *, every_n_steps: int, max_rows: int, dense_every_n_steps: int | None = None,
+                 dense_until_step: int = 0) -> None:
+        """``dense_every_n_steps`` / ``dense_until_step``: also every so many steps up to that
+        step. The jump detector needs ``min_history`` evaluations of the old level before a
+        change, so a capability that rises early needs denser probes than one that rises late."""
         self.every_n_steps, self.max_rows = every_n_steps, max_rows
+        self.dense_every_n_steps, self.dense_until_step = dense_every_n_steps, dense_until_step
         self.probes: list[ProbeSet] = []
+
+    def due(self, trainer) -> bool:
+        step = trainer.global_step
+        return due(trainer, self.every_n_steps) or bool(
+            self.dense_every_n_steps and step <= self.dense_until_step
+            and step % self.dense_every_n_steps == 0)
 
     def on_train_start(self, trainer, pl_module) -> None:
         if not trainer.is_global_zero:
@@ -113,7 +124,7 @@ class CapabilityProbes(Attached, L.Callback):
 
     @timed
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        if not (trainer.is_global_zero and self.probes and due(trainer, self.every_n_steps)):
+        if not (trainer.is_global_zero and self.probes and self.due(trainer)):
             return
         topo = self.bus.forward_sharer
         metrics, n_eval = {}, {}

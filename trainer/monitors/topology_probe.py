@@ -179,6 +179,7 @@ class TopologyProbe(Attached, L.Callback):
         self.previous_weights: dict[str, torch.Tensor] | None = None
         self.last_h1: int | None = None
         self.burst_until = -1
+        self.burst_alarms: set[tuple[str, int]] = set()  # the candidates a burst was started for
         self._shared: tuple[int, str, dict] | None = None
 
     def subscribe(self, bus: MonitorBus) -> None:
@@ -222,8 +223,14 @@ class TopologyProbe(Attached, L.Callback):
 
     def _expensive(self, trainer: L.Trainer, step: int) -> bool:
         """At the cheap evaluations that reach the next log-spaced step, and during a burst."""
-        if self.burst_steps and self.bus.alarms(self.burst_prefixes):
-            self.burst_until = max(self.burst_until, step + self.burst_steps)
+        if self.burst_steps:
+            # A new candidate starts a burst of burst_steps; one that stays pending does not
+            # stretch it (a capability that keeps climbing after its jump kept one burst going
+            # for 700 steps, 27 expensive evaluations), and none starts while one runs.
+            alarms = set(self.bus.alarms(self.burst_prefixes).items())
+            if alarms - self.burst_alarms and step > self.burst_until:
+                self.burst_until = step + self.burst_steps
+            self.burst_alarms = alarms
         previous = previous_due(step, self.every_n_steps)
         on_schedule = any(previous < s <= step for s in self.schedule)
         return on_schedule or step <= self.burst_until or step == trainer.max_steps
@@ -264,12 +271,14 @@ class TopologyProbe(Attached, L.Callback):
         # after a resume is the same as in an uninterrupted run.
         previous = None if self.previous_weights is None else {
             k: v.detach().cpu() for k, v in self.previous_weights.items()}
-        return {"previous_weights": previous, "last_h1": self.last_h1, "burst_until": self.burst_until}
+        return {"previous_weights": previous, "last_h1": self.last_h1, "burst_until": self.burst_until,
+                "burst_alarms": sorted(self.burst_alarms)}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.previous_weights = state_dict.get("previous_weights")
         self.last_h1 = state_dict.get("last_h1")
         self.burst_until = state_dict.get("burst_until", -1)
+        self.burst_alarms = {tuple(a) for a in state_dict.get("burst_alarms", [])}
 
 
 def measure_topology(model, groups: list[PointGroup], outputs_of, *, k: int, expensive: bool,
