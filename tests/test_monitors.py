@@ -206,3 +206,34 @@ def test_the_readout_at_the_answer_positions_gives_the_same_logits():
     assert only.shape == (4, 30)
     torch.testing.assert_close(only, full[rows, positions])
     assert model(ids).shape == (4, 8, 30), "the hook is removed after the block"
+
+
+def test_probes_are_dense_early_then_every_n_steps():
+    from types import SimpleNamespace
+
+    from trainer.monitors import CapabilityProbes
+
+    probes = CapabilityProbes(every_n_steps=50, max_rows=8, dense_every_n_steps=25, dense_until_step=500)
+    due = [s for s in range(1, 1001) if probes.due(SimpleNamespace(global_step=s, max_steps=1000))]
+    assert due[:4] == [1, 25, 50, 75] and 475 in due and 525 not in due and 550 in due
+    assert due[-1] == 1000 and len(due) == 1 + 20 + 10
+    plain = CapabilityProbes(every_n_steps=50, max_rows=8)
+    assert 25 not in [s for s in range(1, 101) if plain.due(SimpleNamespace(global_step=s, max_steps=1000))]
+
+
+def test_a_candidate_jump_that_stays_pending_starts_one_burst_and_does_not_stretch_it():
+    from types import SimpleNamespace
+
+    from trainer.monitors import TopologyProbe
+
+    topo = TopologyProbe(every_n_steps=25, n_points=8, k=3, expensive_per_decade=0, burst_steps=100,
+                         burst_prefixes=["probe/"], h1_every_n_steps=None, h1_points=8,
+                         attention=False, weights=False)
+    pending = {"probe/icl/acc": 500}
+    topo._bus = SimpleNamespace(alarms=lambda prefixes: dict(pending))
+    trainer = SimpleNamespace(max_steps=5000)
+    expensive = [s for s in range(525, 1500, 25) if topo._expensive(trainer, s)]
+    assert expensive == [525, 550, 575, 600, 625], "one burst of 100 steps, however long it stays pending"
+    pending["probe/icl/acc"] = 1500  # a new candidate (a new first trigger) starts a new burst
+    assert topo._expensive(trainer, 1525) and topo._expensive(trainer, 1625)
+    assert not topo._expensive(trainer, 1650)
