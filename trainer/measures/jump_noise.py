@@ -102,3 +102,11 @@ def residual_sd(x: list[float], y: list[float]) -> float:
     intercept = y_mean - slope * x_mean
     residual = sum((yi - intercept - slope * xi) ** 2 for xi, yi in zip(x, y))
     return math.sqrt(residual / max(n - 2, 1))
+
+
+def within_chance(old: float, new: float, chance: float | None, n_eval: int | None, z: float) -> bool:
+    """Whether both levels of an accuracy (the old level's mean, the new one's) lie within ``z``
+    binomial deviations above its chance level (False when chance or ``n_eval`` is unknown)."""
+    if chance is None or n_eval is None:
+        return False
+    return max(old, new) < chance + z * math.sqrt(binomial_variance(chance, n_eval))

@@ -28,11 +28,9 @@ more than its noise allows?":
    the series with a candidate change before it can be confirmed (:meth:`pending`), for monitors
    that measure densely around a change.
 
-**Chance.** An accuracy whose chance level is known (:meth:`JumpDetector.set_chance`) changes
-capability only if one of its two levels (the old level's mean, the new level's) lies above
-chance by more than ``z_confirm`` binomial deviations: a model at chance answers one label for every row, and which label it prefers wanders
-(a no-burstiness run of 20M tokens moved between 8/128 and 26/128 correct and flagged two "drops"
-of 0.13 without this); a fade from a real capability back to chance is still a change.
+**Chance.** An accuracy with a known chance level (:meth:`JumpDetector.set_chance`) changes only
+if its old or new level lies ``z_confirm`` binomial deviations above chance (a model at chance
+answers one label for every row, and which label wanders); a fade back to chance is a change.
 
 The noise is the larger of the residual spread around the two levels' line and a model: for
 accuracies evaluated on ``n_eval`` items the binomial standard deviation, for count-valued series
@@ -64,6 +62,7 @@ from trainer.measures.jump_noise import (
     noise_variance,
     residual_sd,
     t_threshold,
+    within_chance,
 )
 
 #: How many of a series' values (across segments) its drift is estimated from.
@@ -337,9 +336,8 @@ class JumpDetector:
         count = is_count(values[state.start : t + 1], state.n_evals[state.start : t + 1])
         rel_size = next((v for k, v in self.min_rel_size_by_prefix.items() if name.startswith(k)),
                         self.min_rel_size)
-        # _level_test's first condition, with its width-independent part computed once: the new
-        # level must lie beyond its own spread, and half the size floor, from the median of the
-        # last three old values (most evaluations of most series end here, for every width).
+        # _level_test's first condition, its width-independent part computed once (most
+        # evaluations of most series end here, for every width).
         needed = max(max(post_y) - min(post_y),
                      max(self.min_size, rel_size * abs(after) / (1 + rel_size)) / 2)
         best = None
@@ -415,11 +413,8 @@ class JumpDetector:
             return None
         if abs(shift) < max(self.min_size, rel_size * abs(before)) or shift == 0:
             return None
-        if state.chance is not None and state.n_evals[t] is not None:
-            # Both levels at chance: the model's preferred wrong label moved, no capability did.
-            band = self.z_confirm * math.sqrt(noise_variance(state.chance, state.n_evals[t], False))
-            if max(pre_ym, after) < state.chance + band:  # levels as measured, not a trend
-                return None
+        if within_chance(pre_ym, after, state.chance, state.n_evals[t], self.z_confirm):
+            return None  # both levels at chance: the preferred wrong label moved, no capability
         residual = ([y - pre_ym - slope * (x - pre_xm) for x, y in zip(pre_x, pre_y)]
                     + [y - after - slope * (x - post_xm) for x, y in zip(post_x, post_y)])
         dof = n + m - 3
@@ -442,8 +437,7 @@ class JumpDetector:
             variance += drift_variance(state.values[max(0, rise - DRIFT_RECORD) : rise]) * (
                 (new + t) / 2 - (first + rise - 1) / 2)
         standard_error = math.sqrt(variance)
-        # A real-valued series that did not move at all before has no noise estimate; a floor of
-        # 0.1% of its level keeps its score a finite, comparable number.
+        # A series that never moved has no noise estimate: 0.1% of its level keeps the score finite.
         score = shift / max(standard_error, 1e-3 * (1 + abs(before)))
         threshold = self.z_confirm
         if not model:
