@@ -52,8 +52,8 @@ MONITOR_KNOBS: tuple[Knob, ...] = (
     knob(_TP + "expensive_per_decade", integer(0),
          "log-spaced evaluations of the expensive metrics (TwoNN, kNN graph, H0) per decade of steps (0: none)"),
     knob(_TP + "burst_steps", integer(0),
-         "expensive metrics at every cheap evaluation while a watched series has a candidate jump, "
-         "and this many steps after (0: no bursts)"),
+         "expensive metrics at every cheap evaluation for this many steps from each new candidate "
+         "jump of a watched series (0: no bursts)"),
     knob(_TP + "burst_prefixes", listed("series prefixes"), "the series whose candidate jumps start a burst"),
     knob(_TP + "h1_every_n_steps", integer(1, null=True), "ripser H1 period (null: off)"),
     knob(_TP + "h1_points", integer(2), "points for H1"),
