@@ -222,7 +222,12 @@ def accuracy_chance(levels: dict[str, Any]) -> dict[str, float]:
     detector judges an accuracy's change against."""
     out = {}
     for series, level in levels.items():
-        level = level.get("value") if isinstance(level, dict) else level
+        level = chance_value(level)
         if series.endswith("/acc") and isinstance(level, (int, float)):
             out[series] = float(level)
     return out
+
+
+def chance_value(level: Any) -> Any:
+    """The chance level of one of :func:`chance_levels`' entries (a number, or ``{"value", ...}``)."""
+    return level.get("value") if isinstance(level, dict) else level

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from trainer.report import CAPABILITY, describe_rise, read_run, rises, run_report
+from trainer.report import CAPABILITY, chance_value, describe_rise, read_run, rises, run_report
 
 RUN_FILES = ("summary.json", "events.jsonl", ".hydra", ".lock", "train.log")
 
@@ -74,8 +74,7 @@ def _job_row(run: dict[str, Any], axes: list[str], holder: str | None) -> dict[s
     row = {"job": Path(run["run_dir"]).name, "status": status}
     row.update({axis: overrides.get(axis, "-") for axis in axes})
     if capability:
-        chance = (summary.get("chance") or {}).get(capability)
-        chance = chance.get("value") if isinstance(chance, dict) else chance
+        chance = chance_value((summary.get("chance") or {}).get(capability))
         row["capability"] = capability
         row["final"] = f"{summary['metrics'][capability]:.3f}"
         row["chance"] = f"{chance:.3f}" if isinstance(chance, (int, float)) else "?"

@@ -336,8 +336,10 @@ class JumpDetector:
         count = is_count(values[state.start : t + 1], state.n_evals[state.start : t + 1])
         rel_size = next((v for k, v in self.min_rel_size_by_prefix.items() if name.startswith(k)),
                         self.min_rel_size)
-        # _level_test's first condition, its width-independent part computed once (most
-        # evaluations of most series end here, for every width).
+        # Necessary for "the new level moved half the shift beyond the last old values", "lies
+        # within half the shift" and "is large" (|after| <= |before| + |shift|), before any fit:
+        # the new level must lie that far from the median of the last three old values. Its
+        # width-independent part is computed once; it ends most tests of most series.
         needed = max(max(post_y) - min(post_y),
                      max(self.min_size, rel_size * abs(after) / (1 + rel_size)) / 2)
         best = None
@@ -382,13 +384,6 @@ class JumpDetector:
         (the default run's in-context rise comes after 5-6 evaluations), and the new level's own
         trend tells a steady rise from a step as well.
         """
-        # Necessary for "the new level moved half the shift beyond the last old values", "lies
-        # within half the shift" and "is large" (|after| <= |before| + |shift|): checked before
-        # any fit, it ends most tests of most series.
-        moved = abs(after - statistics.median(state.values[rise - 3 : rise]))
-        if moved < max(max(post_y) - min(post_y),
-                       max(self.min_size, rel_size * abs(after) / (1 + rel_size)) / 2):
-            return None
         first = max(state.start, rise - self.history)
         pre_x, pre_y = state.steps[first:rise], state.values[first:rise]
         n, m = len(pre_x), len(post_x)
